@@ -1,0 +1,77 @@
+"""What an operator relies on from the rabbitmq role, on every member of the cluster."""
+import uuid
+
+import pika.exceptions
+import pytest
+
+from conftest import amqp, cluster_status, host_var, members, nodename
+
+testinfra_hosts = members()
+
+
+def test_broker_is_running_and_enabled(host):
+    service = host.service("rabbitmq-server")
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_every_inventory_member_is_a_running_node(host):
+    status = cluster_status(host)
+    assert sorted(status["running_nodes"]) == sorted(nodename(m) for m in members())
+    assert status["partitions"] == {}
+
+
+def test_node_types_follow_host_vars(host):
+    status = cluster_status(host)
+    for member in members():
+        expected = "disk_nodes" if host_var(member, "rabbitmq_node_type", "disc") == "disc" else "ram_nodes"
+        assert nodename(member) in status[expected], f"{member} should be in {expected}"
+
+
+def test_erlang_cookie_is_private_to_rabbitmq(host):
+    cookie = host.file("/var/lib/rabbitmq/.erlang.cookie")
+    assert cookie.user == "rabbitmq"
+    assert cookie.group == "rabbitmq"
+    assert cookie.mode == 0o400
+
+
+def test_guest_user_is_gone(host):
+    users = host.check_output("rabbitmqctl list_users --quiet --formatter json")
+    assert '"guest"' not in users
+
+
+def test_partition_handling_fits_the_cluster_size(host):
+    mode = host.check_output(
+        "rabbitmqctl eval '{ok, M} = application:get_env(rabbit, cluster_partition_handling), M.'"
+    )
+    assert mode == ("pause_minority" if len(members()) >= 3 else "autoheal")
+
+
+def test_management_listens_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:15672").is_listening
+    assert not host.socket("tcp://0.0.0.0:15672").is_listening
+
+
+def test_app_user_publishes_and_consumes_on_its_vhost(host, app_user):
+    user, password, vhost = app_user
+    body = uuid.uuid4().hex.encode()
+    with amqp(host, user, password, vhost) as connection:
+        channel = connection.channel()
+        queue = channel.queue_declare(queue="", exclusive=True).method.queue
+        channel.confirm_delivery()
+        channel.basic_publish(exchange="", routing_key=queue, body=body)
+        method, _, received = channel.basic_get(queue, auto_ack=True)
+        assert method is not None and received == body
+
+
+def test_app_user_is_refused_on_another_vhost(host, app_user):
+    user, password, _ = app_user
+    host.run("rabbitmqctl add_vhost refusal-check")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
+        amqp(host, user, password, "refusal-check").close()
+
+
+def test_wrong_password_is_refused(host, app_user):
+    user, _, vhost = app_user
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        amqp(host, user, "not-the-password", vhost).close()
