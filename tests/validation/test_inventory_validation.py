@@ -1,0 +1,178 @@
+"""Each bad inventory fails the RabbitMQ play with one clear message before any host changes.
+
+Every case builds a temporary inventory from the test bed's (hosts server and laptop, both reaching the
+one throwaway container of conftest.py), alters one thing, runs playbooks/rabbitmq.yml for real and checks:
+the run fails, one validation task failed with the expected message, the recap shows changed=0 for every
+host, and the container is untouched (no rabbitmq-server package, no cluster block in /etc/hosts).
+"""
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+ARG_SPEC_TASK = "rabbitmq : Validating arguments against arg spec 'main'"
+VALIDATE_TASKS = [
+    f"rabbitmq : {name.strip()}"
+    for name in re.findall(r"^- name: (.+)$", (REPO / "roles/rabbitmq/tasks/validate.yml").read_text(), re.MULTILINE)
+]
+
+
+def assert_nothing_changed(run):
+    recap = run.recap()
+    assert set(recap) == {"server", "laptop"}, f"PLAY RECAP should list server and laptop, got {recap}:\n{run.output}"
+    changed = {host: counts.get("changed") for host, counts in recap.items() if counts.get("changed") != 0}
+    assert not changed, f"hosts reported changes before validation stopped the play: {changed}\n{run.output}"
+    assert not run.container_findings, (
+        f"the run changed container {run.container} although validation should have stopped it: {run.container_findings}"
+    )
+
+
+def assert_rejected(run, task, *messages):
+    """The run failed in `task` alone, its output matches every regex in `messages`, and nothing changed."""
+    assert run.rc != 0, f"ansible-playbook succeeded although the inventory is bad:\n{run.output}"
+    assert_nothing_changed(run)
+    failed = run.failed_tasks()
+    assert len(failed) == 1 and failed[0].startswith(task), (
+        f"expected exactly one failing task, {task!r}; failing tasks: {failed}\n{run.output}"
+    )
+    for message in messages:
+        assert re.search(message, run.output), f"the failure does not say {message!r}:\n{run.output}"
+
+
+# 1 -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("node_type", ["RAM", "memory"])
+def test_unknown_node_type_is_rejected_by_argument_spec(target, inventory, playbook, node_type):
+    inventory.update_host_vars("laptop", rabbitmq_node_type=node_type)
+    run = playbook(inventory)
+    assert_rejected(
+        run, ARG_SPEC_TASK,
+        r"rabbitmq_node_type",
+        r"must be one of: disc, ram",
+        rf"got: {node_type}",
+    )
+
+
+# 2 -------------------------------------------------------------------------------------------------
+def test_cluster_without_disc_node(target, inventory, playbook):
+    inventory.update_host_vars("server", rabbitmq_node_type="ram")
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that the cluster has at least one disc node",
+        r"No disc node in group 'rabbitmq'",
+        r"rabbitmq_node_type: disc",
+    )
+
+
+# 3 -------------------------------------------------------------------------------------------------
+def test_missing_cookie_without_vault(target, inventory, playbook):
+    """main.yml refers to vault_rabbitmq_erlang_cookie but the environment has no vault.yml."""
+    inventory.remove_vault()
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that the Erlang cookie is set",
+        r"Erlang cookie is missing", r"vault_rabbitmq_erlang_cookie",
+    )
+
+
+def test_empty_cookie_in_vault(target, inventory, playbook):
+    inventory.vault(vault_rabbitmq_erlang_cookie="")
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that the Erlang cookie is set",
+        r"Erlang cookie is missing", r"vault_rabbitmq_erlang_cookie",
+        r"scripts/new-vault",  # the tool that makes a vault really exists
+    )
+    assert (REPO / "scripts" / "new-vault").exists(), "the message points at scripts/new-vault, which is gone"
+
+
+# 4 -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cookie", ["short", "ThisCookieIsLongEnough-ButHasPunctuation!"], ids=["short", "punctuation"])
+def test_weak_cookie(target, inventory, playbook, cookie):
+    inventory.vault(vault_rabbitmq_erlang_cookie=cookie)
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that the Erlang cookie is strong",
+        r"Erlang cookie for \w+ is weak", r"vault_rabbitmq_erlang_cookie",
+    )
+    assert cookie not in run.output, "the weak cookie itself was printed in the output"
+
+
+# 5 -------------------------------------------------------------------------------------------------
+def test_missing_user_password_in_vault(target, inventory, playbook):
+    """The vault lacks myuser's password (vault_rabbitmq_app_password)."""
+    inventory.vault(drop=["vault_rabbitmq_app_password"])
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that every user has a strong password",
+        r"users without a password of at least 12 characters: \['myuser'\]",
+    )
+
+
+@pytest.mark.parametrize("password", ["", "tooshort"], ids=["empty", "short"])
+def test_weak_user_password_in_vault(target, inventory, playbook, password):
+    inventory.vault(vault_rabbitmq_admin_password=password)
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that every user has a strong password",
+        r"users without a password of at least 12 characters: \['admin'\]",
+    )
+
+
+# 6 -------------------------------------------------------------------------------------------------
+def test_duplicate_node_names(target, inventory, playbook):
+    inventory.update_host_vars("server", rabbitmq_nodename="rabbit@shared")
+    inventory.update_host_vars("laptop", rabbitmq_nodename="rabbit@shared")
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that node names are unique",
+        r"share a node name \(rabbit@shared, rabbit@shared\)",
+    )
+
+
+# 7 -------------------------------------------------------------------------------------------------
+def test_unresolvable_member_without_etc_hosts(target, inventory, playbook):
+    # server's name resolves in the container (its own hostname); laptop's resolves nowhere.
+    inventory.update_host_vars("server", rabbitmq_manage_etc_hosts=False, rabbitmq_nodename=f"rabbit@{target}")
+    inventory.update_host_vars("laptop", rabbitmq_manage_etc_hosts=False, rabbitmq_nodename="rabbit@no-such-member-x7")
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that every member's name resolves to one address of its own",
+        r"short name must resolve",
+        r"unresolved:\s*\['laptop'\]",
+    )
+
+
+# 8 -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("address", ["10.99.0.7", None], ids=["same-explicit-address", "same-machine-default"])
+def test_duplicate_addresses_with_managed_etc_hosts(target, inventory, playbook, address):
+    for host in ("server", "laptop"):
+        # None: the role's default, this host's default IPv4 address: one container, so the same for both.
+        variables = {"rabbitmq_node_type": "disc" if host == "server" else "ram", "rabbitmq_manage_etc_hosts": True}
+        if address:
+            variables["rabbitmq_node_address"] = address
+        inventory.host_vars(host, **variables)
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that every member has a distinct address for /etc/hosts",
+        r"Each member needs its own address for /etc/hosts",
+        r"'laptop': '([\d.]+)', 'server': '\1'",
+    )
+
+
+# Positive control ----------------------------------------------------------------------------------
+def test_good_inventory_passes_validation(target, inventory, playbook):
+    """The test bed's own variables pass every validation task; --check leaves the container untouched."""
+    run = playbook(inventory, "--check")
+    ran = [name for name, _ in run.tasks()]
+    failed = run.failed_tasks()
+    assert ran and ran[0] == "Gathering Facts", f"the play did not start:\n{run.output}"
+    for task in [ARG_SPEC_TASK] + VALIDATE_TASKS:
+        assert any(name.startswith(task) for name in ran), f"validation task {task!r} did not run:\n{run.output}"
+        assert not any(name.startswith(task) for name in failed), f"validation task {task!r} failed:\n{run.output}"
+    # Past validation: the install step ran (anything failing after it is not about the inventory).
+    assert "rabbitmq : Check whether RabbitMQ is installed already" in ran, (
+        f"the play stopped before the install step although validation passed; failing tasks {failed}:\n{run.output}"
+    )
+    assert not run.container_findings, f"a --check run changed container {run.container}: {run.container_findings}"
