@@ -8,7 +8,7 @@ setup: $(VENV)/.installed  ## Docker engine, toolchain and test-bed image
 	scripts/ensure-docker
 	molecule/resources/image/build
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt app/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt

@@ -2,11 +2,13 @@
 import functools
 import json
 import os
+import time
+import uuid
 
 import pika
 import pytest
+import testinfra
 import testinfra.utils.ansible_runner
-
 
 
 @functools.cache
@@ -24,6 +26,24 @@ def members():
     found = sorted(hosts - set(group("rabbitmq_leaving")))
     assert found, "no RabbitMQ hosts in the Molecule inventory"
     return found
+
+
+@functools.cache
+def node(name):
+    """A testinfra host for any inventory host, for tests that act on several hosts at once."""
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+
+
+def wait_for(check, timeout, what):
+    """Poll check() until it returns something truthy; fail saying what did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(1)
 
 
 def host_var(name, var, default=None):
@@ -61,3 +81,40 @@ def app_user():
     user = next(u for u in host_var(members()[0], "rabbitmq_users") if u["name"] == "myuser")
     password = host_var(members()[0], "vault_rabbitmq_app_password")
     return user["name"], password, user["permissions"][0]["vhost"]
+
+
+# The fetcher app, run as an operator would on a server: its own virtualenv and configuration file.
+FETCHER = "env FETCHER_CONFIG=/etc/fetcher/fetcher.toml /opt/fetcher/venv/bin"
+
+
+def demo(name, *args):
+    """Run the write-up's demo on a host and return its JSON report (results, hosts)."""
+    return json.loads(node(name).check_output(f"{FETCHER}/fetcher-demo --json {' '.join(args)}"))
+
+
+class BackgroundDemo:
+    """The demo started in the background on a host, so tasks can be sent while workers or brokers are down."""
+
+    def __init__(self, name, tag, *args):
+        self.host, self.path = node(name), f"/tmp/demo-{tag}-{uuid.uuid4().hex[:8]}"
+        self.host.check_output(
+            f"setsid -f sh -c '{FETCHER}/fetcher-demo --json {' '.join(args)} "
+            f">{self.path}.json 2>{self.path}.err; echo $? >{self.path}.rc'"
+        )
+
+    def report(self, timeout):
+        wait_for(lambda: self.host.file(f"{self.path}.rc").exists, timeout, f"the demo in {self.path} to finish")
+        rc = self.host.file(f"{self.path}.rc").content_string.strip()
+        assert rc == "0", f"demo failed ({rc}): {self.host.file(f'{self.path}.err').content_string}"
+        return json.loads(self.host.file(f"{self.path}.json").content_string)
+
+
+def queue_depths(host, vhost):
+    """Ready plus unacknowledged messages per queue of a vhost."""
+    rows = json.loads(host.check_output(f"rabbitmqctl list_queues -p {vhost} name messages --quiet --formatter json"))
+    return {row["name"]: row["messages"] for row in rows}
+
+
+def set_workers(state):
+    for name in group("celery_workers"):
+        node(name).check_output(f"systemctl {state} fetcher-worker")

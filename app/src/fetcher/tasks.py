@@ -1,0 +1,77 @@
+"""The tasks. Their names are fixed strings because a message carries the name to another host's worker:
+renaming or moving a function must not change what the other hosts send.
+"""
+
+import logging
+from functools import cache
+
+from fetcher import api
+from fetcher.app import app, settings
+from fetcher.backoff import retry_delay
+from fetcher.config_reader import ConfigError
+from fetcher.routing import queue_for
+
+logger = logging.getLogger("fetcher.tasks")
+
+# fan_out's default: the pairs (1, 1) to (18, 18).
+DEFAULT_NUMBERS = tuple(range(1, 19))
+
+
+@app.task(name="fetcher.tasks.add")
+def add(x, y):
+    """The smallest task there is, to check that a worker answers."""
+    return x + y
+
+
+class MyTest(app.Task):
+    """The write-up's class-based task: log the two arguments and add them as integers."""
+
+    name = "fetcher.tasks.MyTest"
+
+    def run(self, x, y):
+        logger.info("Received %s and %s", x, y)
+        return int(x) + int(y)
+
+
+my_test = app.register_task(MyTest())
+
+
+@app.task(name="fetcher.tasks.fan_out")
+def fan_out(routing_key, numbers=None):
+    """Send MyTest(n, n) for each number to the queue bound with `routing_key`; beat runs this periodically.
+
+    Every message goes over one connection and producer taken from the app's pool, rather than a
+    connection per message. Returns how many were sent.
+    """
+    queue = queue_for(settings.routing, routing_key)
+    pairs = [(number, number) for number in (DEFAULT_NUMBERS if numbers is None else numbers)]
+    with app.producer_or_acquire() as producer:
+        for pair in pairs:
+            my_test.apply_async(pair, queue=queue, producer=producer)
+    logger.info("Ran periodic task: sent %d MyTest to %s", len(pairs), routing_key)
+    return len(pairs)
+
+
+@app.task(bind=True, name="fetcher.tasks.call_api", max_retries=settings.worker.max_retries)
+def call_api(self, item):
+    """Fetch one item from the API: exactly one HTTP request per message, retried with backoff if transient.
+
+    A transient failure (no connection, timeout, HTTP 5xx or 429) is retried as a new message after a
+    delay (the API's Retry-After if it gave one); after `worker.max_retries` retries, or on any other
+    error, the task fails and its message is dead-lettered.
+    """
+    try:
+        return api_client().get_item(item)
+    except api.TransientError as exc:
+        delay = retry_delay(self.request.retries, settings.worker.retry_backoff_max, exc.retry_after)
+        raise self.retry(exc=exc, countdown=delay)
+
+
+@cache
+def api_client() -> api.ApiClient:
+    """This process's API client, created on first use so each worker process has its own session."""
+    if settings.api is None:
+        raise ConfigError(
+            f"{settings.source}: [api] is missing, and call_api needs its base_url, token, timeout"
+        )
+    return api.ApiClient(settings.api, api.new_session())

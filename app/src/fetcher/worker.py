@@ -1,0 +1,38 @@
+"""What the worker does at start: check its node name and pick the queues it consumes.
+
+Celery knows every host's queue (so tasks can be sent to any of them), and a worker would by default
+consume them all; this host's worker consumes only `routing.consume`. Every queue is still declared, when
+the consumer connects (`fetcher.consumer.Topology`).
+
+The worker should run as `fetcher@<node>` (`--hostname`): results carry that name and the demo reports the
+host from it, so another name is logged as a warning.
+"""
+
+import logging
+
+from celery import Celery
+from celery.signals import celeryd_after_setup
+
+from fetcher.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Connect the start hook for workers of `app`."""
+
+    def on_after_setup(sender: str, instance: object, **_: object) -> None:
+        if getattr(instance, "app", None) is not app:
+            return
+        if sender != settings.worker_name:
+            logger.warning(
+                "This worker runs as %s, but node = %r in %s: start it with --hostname %s",
+                sender,
+                settings.node,
+                settings.source,
+                settings.worker_name,
+            )
+        app.amqp.queues.select(settings.routing.consume)
+        logger.info("Consuming from %s", ", ".join(settings.routing.consume))
+
+    celeryd_after_setup.connect(on_after_setup, weak=False)
