@@ -144,6 +144,15 @@ class Inventory:
         self.host_vars("server", rabbitmq_node_type="disc", rabbitmq_node_address="10.99.0.1")
         self.host_vars("laptop", rabbitmq_node_type="ram", rabbitmq_node_address="10.99.0.2")
 
+    def celery_groups(self, workers=("server", "laptop"), beat=("server",)):
+        """Add the app's groups (workers and beat) to the inventory, as production has them."""
+        text = self.hosts.read_text()
+        for name, hosts in (("celery_workers", workers), ("celery_beat", beat)):
+            text += f"    {name}:\n      hosts:\n" + "".join(f"        {host}:\n" for host in hosts)
+            if not hosts:
+                text = text.replace(f"    {name}:\n      hosts:\n", f"    {name}:\n      hosts: {{}}\n")
+        self.hosts.write_text(text)
+
     def host_vars(self, host, **variables):
         """Replace a host's host_vars with these variables."""
         lines = ["---"] + [f"{name}: {_yaml_scalar(value)}" for name, value in variables.items()]
@@ -224,9 +233,9 @@ class PlaybookRun:
 
 @pytest.fixture
 def playbook():
-    def _run(inventory, *args):
+    def _run(inventory, *args, path=PLAYBOOK):
         completed = subprocess.run(
-            ["ansible-playbook", "-i", str(inventory.hosts), str(PLAYBOOK), *args],
+            ["ansible-playbook", "-i", str(inventory.hosts), str(path), *args],
             cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180,
         )
         return PlaybookRun(completed)

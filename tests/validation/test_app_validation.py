@@ -1,0 +1,53 @@
+"""Each mistake in the Celery app's part of the inventory stops site.yml before any host changes.
+
+site.yml validates the app's inventory in its first play, so these fail before the RabbitMQ play would
+install anything: the container stays untouched and every host's recap shows changed=0.
+"""
+from pathlib import Path
+
+import pytest
+
+from test_inventory_validation import assert_rejected
+
+SITE = Path(__file__).resolve().parents[2] / "site.yml"
+
+
+@pytest.mark.parametrize(("beat", "found"), [((), r"has 0\."), (("server", "laptop"), r"has 2: server, laptop")])
+def test_beat_needs_exactly_one_host(target, inventory, playbook, beat, found):
+    inventory.celery_groups(beat=beat)
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_beat : Check that exactly one host runs beat", r"exactly one host", found)
+
+
+def test_beat_host_must_run_a_worker(target, inventory, playbook):
+    inventory.celery_groups(workers=("server",), beat=("laptop",))
+    run = playbook(inventory, path=SITE)
+    # Only server is a worker, so only server is in the play and its recap.
+    assert run.rc != 0 and run.failed_tasks() == ["celery_beat : Check that the beat host runs a worker"], run.output
+    assert "beat host laptop must also be in the worker group 'celery_workers'" in run.output
+    assert {host: counts["changed"] for host, counts in run.recap().items()} == {"server": 0}
+    assert not run.container_findings, run.container_findings
+
+
+def test_consuming_an_unknown_queue(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("server", celery_worker_consume_also=["desktop"])
+    run = playbook(inventory, path=SITE)
+    assert_rejected(
+        run, "celery_worker : Check the other queues this host consumes",
+        r"names queues no worker has: desktop", r"Known queues: laptop, server",
+    )
+
+
+def test_two_workers_on_one_queue(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("laptop", celery_worker_queue="server")
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check that queues and routing keys are unique", r"Two workers share a queue")
+
+
+def test_missing_app_password(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.vault(drop=("vault_rabbitmq_app_password",))
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check the broker account", r"vault_rabbitmq_app_password")
