@@ -51,3 +51,12 @@ def test_missing_app_password(target, inventory, playbook):
     inventory.vault(drop=("vault_rabbitmq_app_password",))
     run = playbook(inventory, path=SITE)
     assert_rejected(run, "celery_worker : Check the broker account", r"vault_rabbitmq_app_password")
+
+
+def test_check_mode_on_fresh_hosts_reports_without_failing(target, inventory, playbook):
+    """--check of the whole site on hosts that have nothing yet runs through and leaves them untouched."""
+    inventory.celery_groups()
+    run = playbook(inventory, "--check", path=SITE)
+    assert run.rc == 0 and not run.failed_tasks(), run.output
+    assert "celery_worker : Write the app's configuration" in [name for name, _ in run.tasks()], run.output
+    assert not run.container_findings, run.container_findings
