@@ -27,5 +27,6 @@ lint: setup
 	yamllint --strict .
 	ansible-lint --offline
 
-bench: setup  ## Converge timings of the cluster scenario against a bare install
+bench: setup  ## Converge timings against a bare install; the app's task throughput against raw AMQP
 	bench/cluster-converge
+	bench/app-throughput

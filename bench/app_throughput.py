@@ -1,25 +1,24 @@
-"""The container side of bench/app-throughput: run with the app's virtualenv python as root on a test-bed host.
+"""The container side of bench/app-throughput, run as root by the app's virtualenv python on a test-bed host.
 
-  describe               this host's node, consumed queues and worker concurrency, as JSON
-  declare --leader HOST  declare the raw queue (bench.raw) through HOST's broker, so its leader sits where
-                         the Celery queue's leader does, with the Celery queue's arguments
-  consume --processes C  C raw consumer processes on this host (one connection each, prefetch 1, manual ack,
-                         a reply per message), until each receives a stop message
+  describe               this host's node, vhost, consumed queues and worker concurrency, as JSON
+  declare --leader HOST  declare the raw queue bench.raw through HOST's broker (its leader then sits where
+  --like QUEUE           the Celery queue's does), with that Celery queue's arguments, on the same exchange
+  consume --processes C  C raw consumer processes on this host (one connection each, prefetch 1, a reply and
+                         then the ack per message), until each receives a stop message
   measure                warm-up, then Celery and raw runs interleaved; progress on stderr, JSON on stdout
-  delete                 delete bench.raw (the consumers see the cancel and exit)
+  delete                 delete bench.raw (a consumer still running is cancelled and exits)
 
 Both sides go through the same broker, vhost, exchange and durability: persistent messages with publisher
-confirms (one wait per message, as Celery's confirm_publish does) into a quorum queue, consumed at prefetch 1
-with the ack after the work and the reply, a non-persistent confirmed reply to a classic reply queue
-declared like the rpc:// backend's, read by the sender on a second connection. Only the stdlib, Celery and
-Kombu of the app's virtualenv (app/requirements.txt) are used.
+confirms (awaited per message, as Celery's confirm_publish does) into a quorum queue, consumed at prefetch 1
+with the ack after the work and the reply; the reply is non-persistent and confirmed, sent to a reply queue
+declared like the rpc:// backend's and read by the sender on a second connection. Uses only the stdlib and
+the app's virtualenv (app/requirements.txt: celery 5.7.0, kombu 5.7.0).
 """
 
 import argparse
 import dataclasses
 import json
 import multiprocessing
-import os
 import socket
 import statistics
 import sys
@@ -27,6 +26,8 @@ import time
 import uuid
 from collections import Counter
 
+from amqp.exceptions import ConsumerCancelled
+from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from fetcher.broker import broker_urls
@@ -34,6 +35,8 @@ from fetcher.queues import task_queues
 from fetcher.routing import queue_for
 from fetcher.settings import config_path, load_settings
 
+# A run fails when nothing comes back for this long, so a measurement whose other half is gone ends soon.
+STALL_SECONDS = 60
 RAW_QUEUE = "bench.raw"
 RAW_KEY = "bench.raw"
 STOP_HEADER = "x-bench-stop"
@@ -48,11 +51,12 @@ def settings():
 
 
 def connection(conf, first_host=None):
-    """A connection like the app's: every node as failover, local node first (or `first_host`), confirms on."""
+    """Like the app's: every node for failover, the local one (or `first_host`) first, publisher confirms."""
     hosts = list(conf.broker.hosts)
     if first_host:
         hosts.sort(key=lambda host: host.rpartition(":")[0] != first_host)
-    return Connection(broker_urls(dataclasses.replace(conf.broker, hosts=tuple(hosts))), connect_timeout=conf.broker.connect_timeout,
+    urls = broker_urls(dataclasses.replace(conf.broker, hosts=tuple(hosts)))
+    return Connection(urls, connect_timeout=conf.broker.connect_timeout,
                       transport_options={"confirm_publish": True})
 
 
@@ -149,7 +153,10 @@ def consumer_process(index, idle_timeout):
 def _child(index, idle_timeout):
     try:
         sys.exit(consumer_process(index, idle_timeout))
-    except Exception as exc:  # a deleted queue (cancel) or a lost connection ends the bench's consumer
+    except ConsumerCancelled:
+        say(f"raw consumer {index}: cancelled by the broker ({RAW_QUEUE} deleted), stopping")
+        sys.exit(1)
+    except Exception as exc:  # a lost connection ends the bench's consumer
         say(f"raw consumer {index}: {type(exc).__name__}: {exc}")
         sys.exit(1)
 
@@ -179,6 +186,24 @@ def wait_for_consumers(conn, expected, timeout=60):
         time.sleep(0.5)
 
 
+def cpu_times():
+    """The machine's CPU counters (/proc/stat is not per container): user .. steal, in clock ticks."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        return [int(value) for value in stat.readline().split()[1:9]]
+
+
+def steal_share(before, after):
+    """The share of CPU time the hypervisor gave to other guests between two cpu_times() readings."""
+    delta = [b - a for a, b in zip(before, after)]
+    return delta[7] / max(sum(delta), 1)
+
+
+def timed(run, *args):
+    before = cpu_times()
+    result = run(*args)
+    return {**result, "steal": steal_share(before, cpu_times())}
+
+
 def host_of(worker_name):
     return (worker_name or "unknown").rpartition("@")[2]
 
@@ -194,7 +219,11 @@ def celery_run(n, queue, timeout):
     sent = time.monotonic()
     deadline = started + timeout
     for i, result in enumerate(results):
-        value = result.get(timeout=max(deadline - time.monotonic(), 0.1))
+        try:
+            value = result.get(timeout=max(min(deadline - time.monotonic(), STALL_SECONDS), 0.1))
+        except CeleryTimeout:
+            raise SystemExit(f"bench: Celery run: no result for add({i}, {i}) in time "
+                             f"(is the {queue} queue's worker running?)") from None
         if value != 2 * i:
             raise SystemExit(f"bench: add({i}, {i}) returned {value!r}")
     done = time.monotonic()
@@ -212,6 +241,10 @@ def raw_run(conf, n, exchange, timeout):
         reply_channel = reply_conn.channel()
         queue = reply_queue(conf, name)(reply_channel)
         producer = Producer(publish_conn.channel(), auto_declare=False)
+        try:
+            Queue(RAW_QUEUE)(publish_conn.channel()).queue_declare(passive=True)
+        except publish_conn.channel_errors:
+            raise SystemExit(f"bench: {RAW_QUEUE} is gone (deleted by an interrupted bench?)") from None
         started = time.monotonic()
         queue.declare()
         for i in range(n):
@@ -226,9 +259,10 @@ def raw_run(conf, n, exchange, timeout):
             deadline = started + timeout
             while len(replies) < n:
                 try:
-                    reply_conn.drain_events(timeout=max(deadline - time.monotonic(), 0.1))
+                    reply_conn.drain_events(timeout=max(min(deadline - time.monotonic(), STALL_SECONDS), 0.1))
                 except socket.timeout:
-                    raise SystemExit(f"bench: raw run: {len(replies)} of {n} replies after {timeout:g} s")
+                    raise SystemExit(f"bench: raw run: only {len(replies)} of {n} replies, none for a while "
+                                     f"(is {RAW_QUEUE} gone, or its consumers?)") from None
         done = time.monotonic()
         queue.delete()
     for i in range(n):
@@ -238,10 +272,10 @@ def raw_run(conf, n, exchange, timeout):
     return {"seconds": done - started, "send_seconds": sent - started, "hosts": dict(hosts)}
 
 
-def describe_rate(side, run, n):
+def summary(side, run, n):
     hosts = ", ".join(f"{host} {count}" for host, count in sorted(run["hosts"].items()))
     return (f"{side:<6} {n} in {run['seconds']:6.2f} s = {n / run['seconds']:7.1f}/s "
-            f"(sending took {run['send_seconds']:.2f} s; served by {hosts})")
+            f"(sending {run['send_seconds']:.2f} s; served by {hosts}; CPU steal {run['steal']:.0%})")
 
 
 def measure(args):
@@ -251,7 +285,7 @@ def measure(args):
     with connection(conf) as conn:
         conn.connect()
         server = conn.connection.server_properties
-        broker = f"{server.get('product', b'?')} {server.get('version', b'?')}"
+        broker = f"{server.get('product', '?')} {server.get('version', '?')}"
         _, backlog, _ = Queue(queue, no_declare=True)(conn.default_channel).queue_declare(passive=True)
         say(f"waiting for {args.consumers} raw consumers on {RAW_QUEUE}")
         wait_for_consumers(conn, args.consumers)
@@ -266,9 +300,9 @@ def measure(args):
         order = ("celery", "raw") if number % 2 else ("raw", "celery")
         row = {}
         for side in order:
-            row[side] = (celery_run(args.tasks, queue, args.timeout) if side == "celery"
-                         else raw_run(conf, args.tasks, exchange, args.timeout))
-            say(f"run {number}/{args.runs}: {describe_rate(side, row[side], args.tasks)}")
+            row[side] = (timed(celery_run, args.tasks, queue, args.timeout) if side == "celery"
+                         else timed(raw_run, conf, args.tasks, exchange, args.timeout))
+            say(f"run {number}/{args.runs}: {summary(side, row[side], args.tasks)}")
         runs.append(row)
     with connection(conf) as conn:
         producer = Producer(conn.channel(), auto_declare=False)
@@ -276,14 +310,20 @@ def measure(args):
             producer.publish("stop", exchange=exchange, routing_key=RAW_KEY, delivery_mode=2,
                              serializer="json", headers={STOP_HEADER: True})
     rates = {side: [args.tasks / row[side]["seconds"] for row in runs] for side in ("celery", "raw")}
+    steal = {side: [row[side]["steal"] for row in runs] for side in ("celery", "raw")}
+    # Each run's ratio compares two neighbouring measurements, so a drift of the machine cancels out.
+    ratios = [celery / raw for celery, raw in zip(rates["celery"], rates["raw"])]
     print(json.dumps({
         "routing_key": args.routing_key,
         "queue": queue,
         "tasks": args.tasks,
-        "broker": broker.replace("b'", "").replace("'", ""),
+        "broker": broker,
         "runs": runs,
         "rates": rates,
-        "median": {side: statistics.median(values) for side, values in rates.items()},
+        "ratios": ratios,
+        "steal": steal,
+        "median": {**{side: statistics.median(values) for side, values in rates.items()},
+                   "ratio": statistics.median(ratios)},
     }))
     return 0
 
@@ -305,12 +345,11 @@ def main():
     command.add_argument("--routing-key", required=True)
     command.add_argument("--consumers", type=int, required=True, help="raw consumer processes to wait for")
     command.add_argument("--tasks", type=int, default=2000)
-    command.add_argument("--warmup", type=int, default=200)
+    command.add_argument("--warmup", type=int, default=500)
     command.add_argument("--runs", type=int, default=3)
     command.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     command.set_defaults(func=measure)
     args = parser.parse_args()
-    os.environ.setdefault("FETCHER_CONFIG", str(config_path()))
     return args.func(args)
 
 

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import BackgroundDemo, demo, group, node, queue_depths, set_workers, wait_for
+from conftest import FETCHER, BackgroundDemo, demo, group, node, queue_depths, set_workers, wait_for
 
 testinfra_hosts = group("celery_workers")
 WORKERS = group("celery_workers")
@@ -37,7 +37,7 @@ def test_worker_logs_in_the_write_ups_format(host):
 
 
 def test_demo_prints_the_write_ups_sums():
-    out = node("server").check_output("env FETCHER_CONFIG=/etc/fetcher/fetcher.toml /opt/fetcher/venv/bin/fetcher-demo")
+    out = node("server").check_output(f"{FETCHER}/fetcher-demo")
     assert out.splitlines()[0] == str(SUMS)
 
 
@@ -112,8 +112,7 @@ def test_a_task_that_fails_for_good_is_dead_lettered_not_dropped(app_user):
     before = queue_depths(node("server"), vhost).get("tasks.dead", 0)
     # add("x", 1) raises TypeError: not transient, so no retry; the worker rejects it and RabbitMQ dead-letters it.
     node("server").check_output(
-        "env FETCHER_CONFIG=/etc/fetcher/fetcher.toml /opt/fetcher/venv/bin/celery -A fetcher.app"
-        " call fetcher.tasks.add --args '[\"x\", 1]' --queue desktop"
+        f"{FETCHER}/celery -A fetcher.app call fetcher.tasks.add --args '[\"x\", 1]' --queue desktop"
     )
     wait_for(lambda: queue_depths(node("server"), vhost).get("tasks.dead", 0) == before + 1, 60,
              "the failed task to reach the dead-letter queue")
