@@ -62,12 +62,19 @@ def test_fan_out_sends_one_my_test_per_number_over_one_producer(
     assert [message.headers["task"] for message in messages] == ["fetcher.tasks.MyTest"] * 3
     assert [message.decode()[0] for message in messages] == [[1, 1], [2, 2], [3, 3]]
     assert {message.delivery_info["routing_key"] for message in messages} == {"laptop_task"}
+    # Nobody reads these results: the worker must not send them to a reply queue that does not exist.
+    assert {message.headers.get("ignore_result") for message in messages} == {True}
     assert read_back(broker, "server") == []
     assert (
         "fetcher.tasks",
         logging.INFO,
         "Ran periodic task: sent 3 MyTest to laptop_task",
     ) in caplog.record_tuples
+
+
+def test_fan_outs_own_result_is_not_kept(tasks):
+    # beat sends fan_out and never reads its result: with rpc:// it would pile up in beat's reply queue.
+    assert tasks.fan_out.ignore_result is True
 
 
 def test_fan_out_defaults_to_eighteen_pairs(tasks, broker):

@@ -36,18 +36,21 @@ class MyTest(app.Task):
 my_test = app.register_task(MyTest())
 
 
-@app.task(name="fetcher.tasks.fan_out")
+# ignore_result: beat, which sends this, never reads a result; with rpc:// each one would pile up in beat's
+# reply queue.
+@app.task(name="fetcher.tasks.fan_out", ignore_result=True)
 def fan_out(routing_key, numbers=None):
     """Send MyTest(n, n) for each number to the queue bound with `routing_key`; beat runs this periodically.
 
     Every message goes over one connection and producer taken from the app's pool, rather than a
-    connection per message. Returns how many were sent.
+    connection per message. Nobody waits for these MyTest results (the sender is a worker process, whose
+    rpc:// reply queue nobody declares), so they are sent with ignore_result. Returns how many were sent.
     """
     queue = queue_for(settings.routing, routing_key)
     pairs = [(number, number) for number in (DEFAULT_NUMBERS if numbers is None else numbers)]
     with app.producer_or_acquire() as producer:
         for pair in pairs:
-            my_test.apply_async(pair, queue=queue, producer=producer)
+            my_test.apply_async(pair, queue=queue, producer=producer, ignore_result=True)
     logger.info("Ran periodic task: sent %d MyTest to %s", len(pairs), routing_key)
     return len(pairs)
 
