@@ -19,9 +19,9 @@ VALIDATE_TASKS = [
 ]
 
 
-def assert_nothing_changed(run):
+def assert_nothing_changed(run, hosts=("server", "laptop")):
     recap = run.recap()
-    assert set(recap) == {"server", "laptop"}, f"PLAY RECAP should list server and laptop, got {recap}:\n{run.output}"
+    assert set(recap) == set(hosts), f"PLAY RECAP should list {', '.join(hosts)}, got {recap}:\n{run.output}"
     changed = {host: counts.get("changed") for host, counts in recap.items() if counts.get("changed") != 0}
     assert not changed, f"hosts reported changes before validation stopped the play: {changed}\n{run.output}"
     assert not run.container_findings, (
@@ -29,10 +29,11 @@ def assert_nothing_changed(run):
     )
 
 
-def assert_rejected(run, task, *messages):
-    """The run failed in `task` alone, its output matches every regex in `messages`, and nothing changed."""
+def assert_rejected(run, task, *messages, hosts=("server", "laptop")):
+    """The run failed in `task` alone, its output matches every regex in `messages`, and nothing changed
+    on `hosts` (the hosts of the play)."""
     assert run.rc != 0, f"ansible-playbook succeeded although the inventory is bad:\n{run.output}"
-    assert_nothing_changed(run)
+    assert_nothing_changed(run, hosts)
     failed = run.failed_tasks()
     assert len(failed) == 1 and failed[0].startswith(task), (
         f"expected exactly one failing task, {task!r}; failing tasks: {failed}\n{run.output}"
