@@ -58,6 +58,7 @@ datefmt = "%Y-%m-%d %H:%M:%S"
 base_url = "http://api.example:8080"
 token = "{TOKEN}"
 timeout = 10
+max_reset_wait = 3600
 
 [[beat.schedule]]
 name = "fan-out-to-laptop"

@@ -15,6 +15,10 @@ ANSWERS = {
     "limited": (429, {"Retry-After": "7"}, "slow down"),
     "limited-long": (429, {"Retry-After": "3600"}, "slow down"),
     "limited-date": (429, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, "slow down"),
+    # 2026-10-21 07:28:00 UTC as epoch seconds, the way GitHub and Twitter report a reset.
+    "limited-reset": (429, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1792567680"}, "slow down"),
+    "forbidden-limit": (403, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1792567680"}, "rate limit"),
+    "forbidden": (403, {"X-RateLimit-Remaining": "17"}, "not yours"),
     "down": (503, {}, "maintenance"),
     "moved": (302, {"Location": "/items/ok"}, ""),
     "text": (200, {"Content-Type": "text/plain"}, "not json"),

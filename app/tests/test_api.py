@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fetcher.api import ApiClient, ApiError, TransientError, new_session
+from fetcher.api import ApiClient, ApiError, RateLimited, TransientError, new_session
+from fetcher.quota import QuotaCounter, QuotaSpent
 from fetcher.settings import ApiSettings
 from sample_config import TOKEN
 
@@ -13,7 +14,7 @@ from sample_config import TOKEN
 @pytest.fixture
 def client(stub_api):
     stub_api.requests.clear()
-    return ApiClient(ApiSettings(stub_api.base_url, TOKEN, timeout=0.3), new_session())
+    return ApiClient(ApiSettings(stub_api.base_url, TOKEN, timeout=0.3, max_reset_wait=3600), new_session())
 
 
 def test_a_200_is_decoded(client, stub_api):
@@ -33,7 +34,7 @@ def test_the_item_is_quoted_into_one_path_segment(client, stub_api):
         ("moved", ApiError, None),
         ("text", ApiError, None),
         ("down", TransientError, None),
-        ("limited", TransientError, 7.0),
+        ("limited", RateLimited, 7.0),
     ],
 )
 def test_each_answer_gets_its_verdict_after_exactly_one_request(client, stub_api, item, error, retry_after):
@@ -42,13 +43,13 @@ def test_each_answer_gets_its_verdict_after_exactly_one_request(client, stub_api
 
     assert len(stub_api.requests) == 1, "no retry and no redirect followed inside one call"
     assert TOKEN not in str(caught.value)
-    if error is TransientError:
+    if issubclass(error, TransientError):
         assert caught.value.retry_after == retry_after
 
 
 def test_a_retry_after_date_is_read_against_the_clock(stub_api):
     client = ApiClient(
-        ApiSettings(stub_api.base_url, TOKEN, timeout=1),
+        ApiSettings(stub_api.base_url, TOKEN, timeout=1, max_reset_wait=3600),
         new_session(),
         now=lambda: datetime(2026, 10, 21, 7, 27, 30, tzinfo=UTC),
     )
@@ -69,8 +70,49 @@ def test_a_refused_connection_is_transient():
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    client = ApiClient(ApiSettings(f"http://127.0.0.1:{port}", TOKEN, timeout=1), new_session())
+    client = ApiClient(ApiSettings(f"http://127.0.0.1:{port}", TOKEN, timeout=1, max_reset_wait=3600), new_session())
 
     with pytest.raises(TransientError, match="ConnectionError") as caught:
         client.get_item("ok")
     assert TOKEN not in str(caught.value)
+
+
+RESET_NOW = datetime(2026, 10, 21, 7, 27, 30, tzinfo=UTC)  # 30 s before the stub's X-RateLimit-Reset
+
+
+@pytest.mark.parametrize("item", ["limited-reset", "forbidden-limit"])
+def test_the_apis_rate_limit_waits_for_the_reset_it_reports(stub_api, item):
+    client = ApiClient(
+        ApiSettings(stub_api.base_url, TOKEN, timeout=1, max_reset_wait=3600), new_session(), now=lambda: RESET_NOW
+    )
+    with pytest.raises(RateLimited) as caught:
+        client.get_item(item)
+    assert caught.value.retry_after == 30.0
+
+
+def test_a_403_that_is_not_a_rate_limit_fails_for_good(client):
+    with pytest.raises(ApiError):
+        client.get_item("forbidden")
+
+
+def test_with_the_allowance_spent_no_request_is_made(stub_api, tmp_path):
+    stub_api.requests.clear()
+    quota = QuotaCounter(tmp_path / "q.sqlite3", allowance=1, window=3600)
+    client = ApiClient(ApiSettings(stub_api.base_url, TOKEN, 1, 3600), new_session(), quota=quota)
+
+    client.get_item("ok")
+    with pytest.raises(QuotaSpent):
+        client.get_item("ok")
+
+    assert len(stub_api.requests) == 1
+    assert quota.status().used == 1
+
+
+def test_a_429_marks_the_allowance_spent(stub_api, tmp_path):
+    quota = QuotaCounter(tmp_path / "q.sqlite3", allowance=100, window=3600)
+    client = ApiClient(ApiSettings(stub_api.base_url, TOKEN, 1, 3600), new_session(), quota=quota)
+
+    with pytest.raises(RateLimited):
+        client.get_item("limited")
+
+    assert quota.status().remaining == 0, "the API's count wins: the governor stops consuming"

@@ -187,3 +187,41 @@ def test_beats_file_holds_only_the_schedule(tmp_path):
 def test_beats_path_comes_from_the_environment():
     assert beat_config_path({"FETCHER_BEAT_CONFIG": "/etc/fetcher/beat.toml"}) == Path("/etc/fetcher/beat.toml")
     assert beat_config_path({}) is None
+
+
+QUOTA = """
+[quota]
+allowance = 20000
+window = 3600
+queues = ["laptop"]
+state_file = "/var/lib/fetcher/quota.sqlite3"
+"""
+
+
+def test_quota_is_optional_and_read_when_present(tmp_path):
+    assert load(tmp_path, EXAMPLE).quota is None
+
+    quota = load(tmp_path, EXAMPLE + QUOTA).quota
+
+    assert (quota.allowance, quota.window, quota.queues) == (20000, 3600, ("laptop",))
+    assert quota.state_file == Path("/var/lib/fetcher/quota.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("allowance = 20000", "allowance = 0"), "quota.allowance must be an integer >= 1"),
+        (("window = 3600", "window = 0.5"), "quota.window must be an integer >= 1"),
+        (('queues = ["laptop"]', 'queues = ["desktop"]'), "quota.queues[0] is not one of routing.consume"),
+        (('queues = ["laptop"]', 'queues = ["server"]'), "quota.queues[0] is this host's own queue"),
+        (('state_file = "/var', 'state_file = "var'), "quota.state_file must be an absolute path"),
+        (("window = 3600", "window = 3600\nwindwo = 1"), "quota.windwo is not a known key"),
+    ],
+)
+def test_quota_errors_say_what_to_fix(tmp_path, change, expected):
+    assert expected in error_for(tmp_path, EXAMPLE + QUOTA.replace(*change))
+
+
+def test_a_quota_needs_the_api(tmp_path):
+    message = error_for(tmp_path, without_section(EXAMPLE, "[api]") + QUOTA)
+    assert "there is no [api] section" in message

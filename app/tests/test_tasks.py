@@ -123,7 +123,7 @@ def test_call_api_fails_at_once_on_a_client_error(tasks, api_requests, countdown
 
 
 @pytest.mark.parametrize(
-    ("item", "expected"), [("down", None), ("limited", [7, 7]), ("limited-long", [60, 60])]
+    ("item", "expected"), [("down", None), ("limited", [7, 7]), ("limited-long", [3600, 3600])]
 )
 def test_call_api_retries_transient_errors_with_one_request_each(
     tasks, api_requests, countdowns, item, expected
@@ -137,7 +137,7 @@ def test_call_api_retries_transient_errors_with_one_request_each(
     if expected is None:
         assert all(1 <= countdown <= 60 for countdown in countdowns), "exponential backoff with jitter"
     else:
-        assert countdowns == expected, "Retry-After, capped at retry_backoff_max"
+        assert countdowns == expected, "the API's Retry-After, capped at api.max_reset_wait"
 
 
 def test_call_api_without_an_api_section_fails_naming_it(tasks, api_requests, monkeypatch):

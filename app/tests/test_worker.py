@@ -4,6 +4,7 @@ when its consumer connects."""
 import logging
 from types import SimpleNamespace
 
+import pytest
 from celery.signals import celeryd_after_setup
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
@@ -11,6 +12,7 @@ from kombu import Exchange, Producer
 
 from fetcher.consumer import CELERY_STEP, Consumer, Topology
 from fetcher.queues import declare_all
+from fetcher.routing import delivered_queue
 
 
 def deliver(connection, exchange, routing_key, body):
@@ -82,3 +84,17 @@ def test_the_topology_step_is_for_rabbitmq_only(fetcher_app):
     consumer = SimpleNamespace(app=fetcher_app.app)
 
     assert not Topology(consumer).include_if(consumer), "the in-memory transport has no delayed delivery"
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "queue"),
+    [
+        ("laptop_task", "laptop"),
+        # A retry with a countdown comes back through native delayed delivery with the delay in front.
+        ("0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.1.laptop_task", "laptop"),
+        ("nobody_task", None),
+        (None, None),
+    ],
+)
+def test_the_queue_a_message_came_from(fetcher_app, routing_key, queue):
+    assert delivered_queue(fetcher_app.settings.routing, routing_key) == queue

@@ -5,8 +5,9 @@ or 429) is worth retrying later, and carries the server's `Retry-After` when it 
 (any other 4xx, a redirect, a body that is not JSON) will not get better, so the task fails at once and
 its message is dead-lettered.
 
-`ApiClient.get_item` is the one place a request is made: the per-host API quotas of the next issue wrap
-or gate this method without touching the task. Exactly one request per call: the session's adapter does
+`ApiClient.get_item` is the one place a request is made, and on a host with an API allowance it takes one
+call from the host's counter first (`fetcher.quota`): with the allowance spent it raises `QuotaSpent`
+and makes no request. Exactly one request per call: the session's adapter does
 not retry and redirects are not followed, so retries happen only as new Celery messages, with backoff.
 The token is sent only in the `Authorization` header and never appears in an error message.
 """
@@ -19,7 +20,8 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from fetcher.backoff import parse_retry_after
+from fetcher.backoff import parse_rate_limit_reset, parse_retry_after
+from fetcher.quota import QuotaCounter
 from fetcher.settings import ApiSettings
 
 
@@ -29,6 +31,13 @@ class TransientError(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    """The API refused the call for its own rate limit (HTTP 429, or a 403 saying no calls remain).
+
+    `retry_after` is the wait until the reset the API reported (`Retry-After`, else `X-RateLimit-Reset`).
+    """
 
 
 class ApiError(Exception):
@@ -52,14 +61,19 @@ class ApiClient:
         settings: ApiSettings,
         session: requests.Session,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quota: QuotaCounter | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._now = now
+        self._quota = quota
 
     def get_item(self, item: str | int) -> Any:
         """`GET {base_url}/items/{item}` and its decoded JSON body."""
         url = f"{self._settings.base_url}/items/{quote(str(item), safe='')}"
+        if self._quota is not None:
+            # Before the request, never after: a call the allowance does not cover is not made.
+            self._quota.take()
         try:
             response = self._session.get(
                 url,
@@ -71,7 +85,16 @@ class ApiClient:
             raise TransientError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         with response:
             status = response.status_code
-            if status == 429 or status >= 500:
+            headers = response.headers
+            if status == 429 or (status == 403 and headers.get("X-RateLimit-Remaining", "").strip() == "0"):
+                if self._quota is not None:
+                    # The API's count wins over ours: take no more calls in this window.
+                    self._quota.spend_all()
+                wait = parse_retry_after(headers.get("Retry-After"), self._now())
+                if wait is None:
+                    wait = parse_rate_limit_reset(headers.get("X-RateLimit-Reset"), self._now())
+                raise RateLimited(f"GET {url}: HTTP {status} (the API's rate limit)", retry_after=wait)
+            if status >= 500:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), self._now())
                 raise TransientError(f"GET {url}: HTTP {status}", retry_after=retry_after)
             if not 200 <= status < 300:

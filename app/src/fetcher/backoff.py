@@ -42,3 +42,17 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         return None
     return max((when - now).total_seconds(), 0.0)
+
+
+def parse_rate_limit_reset(value: str | None, now: datetime) -> float | None:
+    """Seconds from `now` until an `X-RateLimit-Reset` time: epoch seconds, or (if small) seconds to wait."""
+    if value is None:
+        return None
+    try:
+        reset = float(value.strip())
+    except ValueError:
+        return None
+    # GitHub and Twitter send the reset as epoch seconds; some APIs send the seconds left instead.
+    if reset > 1e9:
+        reset -= now.timestamp()
+    return max(reset, 0.0)

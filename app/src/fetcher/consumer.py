@@ -50,10 +50,11 @@ class Topology(DelayedDelivery):
 
 
 class Consumer(CeleryConsumer):
-    """Celery's consumer with `Topology` in place of its per-URL `DelayedDelivery` step."""
+    """Celery's consumer with `Topology` in place of its per-URL `DelayedDelivery` step, and the quota
+    governor (`fetcher.governor`), which runs only on a host with a `[quota]` section."""
 
     class Blueprint(CeleryConsumer.Blueprint):
         default_steps = [
             "fetcher.consumer:Topology" if step == CELERY_STEP else step
             for step in CeleryConsumer.Blueprint.default_steps
-        ]
+        ] + ["fetcher.governor:QuotaGovernor"]

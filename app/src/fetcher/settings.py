@@ -97,6 +97,22 @@ class ApiSettings:
     base_url: str
     token: str = field(repr=False)
     timeout: float
+    max_reset_wait: int
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    """This host's API allowance: `allowance` calls per `window` seconds, counted in `state_file`.
+
+    Windows are fixed and aligned to the Unix epoch (hourly windows start on the hour), like the API's own.
+    `queues` are the queues whose messages are API calls: the worker stops consuming them while the
+    allowance is spent and starts again when the window rolls over.
+    """
+
+    allowance: int
+    window: int
+    queues: tuple[str, ...]
+    state_file: Path
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,7 @@ class Settings:
     worker: WorkerSettings
     logging: LoggingSettings
     api: ApiSettings | None
+    quota: QuotaSettings | None
     schedule: tuple[ScheduleEntry, ...]
 
     @property
@@ -187,8 +204,11 @@ def parse_settings(top: Table, source: Path) -> Settings:
         worker=_worker(top.table("worker")),
         logging=_logging(top.table("logging")),
         api=_api(top.table("api")) if top.has("api") else None,
+        quota=None,
         schedule=_schedule(top.table("beat")) if top.has("beat") else (),
     )
+    if top.has("quota"):
+        settings = dataclasses.replace(settings, quota=_quota(top.table("quota"), settings))
     top.finish()
     return settings
 
@@ -294,11 +314,32 @@ def _api(table: Table) -> ApiSettings:
         base_url=table.string("base_url").rstrip("/"),
         token=table.string("token"),
         timeout=table.positive_number("timeout"),
+        max_reset_wait=table.integer("max_reset_wait", minimum=1),
     )
     if not api.base_url.startswith(("http://", "https://")):
         raise table.error("base_url", "must start with http:// or https://")
     table.finish()
     return api
+
+
+def _quota(table: Table, settings: Settings) -> QuotaSettings:
+    quota = QuotaSettings(
+        allowance=table.integer("allowance", minimum=1),
+        window=table.integer("window", minimum=1),
+        queues=table.strings("queues"),
+        state_file=Path(table.string("state_file")),
+    )
+    if settings.api is None:
+        raise table.error("allowance", "limits API calls, but there is no [api] section")
+    for index, name in enumerate(quota.queues):
+        if name == settings.routing.own_queue:
+            raise table.error(f"queues[{index}]", "is this host's own queue, which must keep flowing")
+        if name not in settings.routing.consume:
+            raise table.error(f"queues[{index}]", "is not one of routing.consume (this host must consume it)")
+    if not quota.state_file.is_absolute():
+        raise table.error("state_file", "must be an absolute path")
+    table.finish()
+    return quota
 
 
 def _schedule(beat: Table) -> tuple[ScheduleEntry, ...]:

@@ -3,13 +3,16 @@ renaming or moving a function must not change what the other hosts send.
 """
 
 import logging
+import time
 from functools import cache
 
 from fetcher import api
 from fetcher.app import app, settings
 from fetcher.backoff import retry_delay
 from fetcher.config_reader import ConfigError
-from fetcher.routing import queue_for
+from fetcher.governor import QuotaExhausted
+from fetcher.quota import QuotaSpent, counter_for
+from fetcher.routing import delivered_queue, queue_for
 
 logger = logging.getLogger("fetcher.tasks")
 
@@ -55,16 +58,36 @@ def fan_out(routing_key, numbers=None):
     return len(pairs)
 
 
-@app.task(bind=True, name="fetcher.tasks.call_api", max_retries=settings.worker.max_retries)
+# QuotaRequest: in the worker's main process, a message refused for want of allowance goes back to its queue
+# only after this host stopped consuming it (fetcher.governor).
+@app.task(
+    bind=True,
+    name="fetcher.tasks.call_api",
+    max_retries=settings.worker.max_retries,
+    Request="fetcher.governor:QuotaRequest",
+)
 def call_api(self, item):
     """Fetch one item from the API: exactly one HTTP request per message, retried with backoff if transient.
 
-    A transient failure (no connection, timeout, HTTP 5xx or 429) is retried as a new message after a
-    delay (the API's Retry-After if it gave one); after `worker.max_retries` retries, or on any other
-    error, the task fails and its message is dead-lettered.
+    On a host with an API allowance the call is taken from it first. With the allowance spent, a message
+    from a quota queue goes back to that queue unrun (another host takes it, or this one after the reset);
+    from any other queue it is retried when the window resets. A call the API itself refuses for its rate
+    limit is retried after the reset the API reports (at most `api.max_reset_wait`); any other transient
+    failure (no connection, timeout, HTTP 5xx) after a backoff. After `worker.max_retries` retries, or on
+    any other error, the task fails and its message is dead-lettered.
     """
     try:
         return api_client().get_item(item)
+    except QuotaSpent as exc:
+        queue = delivered_queue(settings.routing, (self.request.delivery_info or {}).get("routing_key"))
+        if queue in settings.quota.queues:
+            raise QuotaExhausted(str(exc)) from None
+        wait = exc.reset_at - time.time()
+        raise self.retry(exc=exc, countdown=max(1, retry_delay(0, settings.api.max_reset_wait, wait)))
+    except api.RateLimited as exc:
+        ceiling = settings.worker.retry_backoff_max if exc.retry_after is None else settings.api.max_reset_wait
+        delay = retry_delay(self.request.retries, ceiling, exc.retry_after)
+        raise self.retry(exc=exc, countdown=max(1, delay))
     except api.TransientError as exc:
         delay = retry_delay(self.request.retries, settings.worker.retry_backoff_max, exc.retry_after)
         raise self.retry(exc=exc, countdown=delay)
@@ -72,9 +95,13 @@ def call_api(self, item):
 
 @cache
 def api_client() -> api.ApiClient:
-    """This process's API client, created on first use so each worker process has its own session."""
+    """This process's API client, created on first use so each worker process has its own session.
+
+    On a host with `[quota]` it takes every call from the host's shared counter first.
+    """
     if settings.api is None:
         raise ConfigError(
             f"{settings.source}: [api] is missing, and call_api needs its base_url, token, timeout"
         )
-    return api.ApiClient(settings.api, api.new_session())
+    quota = counter_for(settings.quota) if settings.quota is not None else None
+    return api.ApiClient(settings.api, api.new_session(), quota=quota)

@@ -4,6 +4,9 @@ Celery knows every host's queue (so tasks can be sent to any of them), and a wor
 consume them all; this host's worker consumes only `routing.consume`. Every queue is still declared, when
 the consumer connects (`fetcher.consumer.Topology`).
 
+A worker whose API allowance is spent (restarted mid-window) leaves its quota queues out until the window
+resets; `fetcher.governor` then subscribes to them again.
+
 The worker should run as `fetcher@<node>` (`--hostname`): results carry that name and the demo reports the
 host from it, so another name is logged as a warning.
 """
@@ -13,6 +16,7 @@ import logging
 from celery import Celery
 from celery.signals import celeryd_after_setup
 
+from fetcher.quota import counter_for
 from fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,14 @@ def install(app: Celery, settings: Settings) -> None:
                 settings.source,
                 settings.worker_name,
             )
-        app.amqp.queues.select(settings.routing.consume)
-        logger.info("Consuming from %s", ", ".join(settings.routing.consume))
+        consume = settings.routing.consume
+        if settings.quota is not None and counter_for(settings.quota).status().remaining == 0:
+            # Restarted with the window's allowance spent: the quota queues wait for the governor.
+            consume = tuple(queue for queue in consume if queue not in settings.quota.queues)
+            logger.warning(
+                "API allowance spent: not consuming %s until the window resets", ", ".join(settings.quota.queues)
+            )
+        app.amqp.queues.select(consume)
+        logger.info("Consuming from %s", ", ".join(consume))
 
     celeryd_after_setup.connect(on_after_setup, weak=False)

@@ -1,0 +1,149 @@
+"""Stop consuming the quota queues while this host's API allowance is spent; start again when it returns.
+
+Celery's `rate_limit` is no answer here: it is per worker process, and a rate-limited worker still
+reserves messages it will not run, holding them back from hosts that could. What the write-up wanted
+("once the 20,000 machine hits its limit, the worker will stop accepting tasks") is done here, in the
+worker's main process, which owns the broker connection and its consumers:
+
+- At start, a worker whose allowance is already spent (restarted mid-window) does not subscribe to its
+  quota queues at all (`fetcher.worker`).
+- `QuotaGovernor`, a consumer bootstep, reads the host's shared counter every `CHECK_INTERVAL` seconds
+  and after every quota task: once nothing remains it cancels its consumers on the quota queues
+  (`basic.cancel`), so RabbitMQ hands their messages to the other hosts that consume them; once the
+  window has rolled over it subscribes again. Non-quota queues are never touched.
+- A task that finds the allowance spent (another process of the host took the last call) raises
+  `QuotaExhausted`, a reject with requeue. Its `QuotaRequest`, in the main process, first stops the
+  consumers and only then rejects the message, so RabbitMQ cannot hand it straight back to this host:
+  the message goes to another host, or waits in its queue. Nothing is dropped, and no call is made.
+
+Each returned message counts as a delivery in its quorum queue (`x-delivery-limit`); a host returns at
+most the few messages it had reserved (prefetch 1 per process) each time its allowance runs out.
+"""
+
+import logging
+
+from billiard.einfo import ExceptionWithTraceback
+from celery import bootsteps
+from celery.exceptions import Reject
+from celery.worker.request import Request
+
+from fetcher.quota import QuotaCounter, QuotaStatus, counter_for, utc_time
+
+logger = logging.getLogger("fetcher.quota")
+
+# Seconds between two reads of the counter: how late, at most, a host resumes after its window rolled.
+CHECK_INTERVAL = 0.5
+
+# The governor of this worker process (the main one), once its consumer has started.
+_governor: "QuotaGovernor | None" = None
+
+
+class QuotaExhausted(Reject):
+    """The task found the allowance spent before its call: return the message to its queue, unrun."""
+
+    def __init__(self, reason: str | None = None, requeue: bool = True) -> None:
+        super().__init__(reason, requeue)
+
+
+class QuotaGovernor(bootsteps.StartStopStep):
+    """Consume the quota queues only while the host has calls left in the current window."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c, **kwargs) -> None:
+        super().__init__(c, **kwargs)
+        self._consumer = None
+        self._timer = None
+        self.queues: tuple[str, ...] = ()
+        self.counter: QuotaCounter | None = None
+
+    def include_if(self, c) -> bool:
+        # Imported here, in the running worker: importing this module must not read the host's file.
+        from fetcher.app import settings
+
+        return settings.quota is not None
+
+    def start(self, c) -> None:
+        global _governor
+        from fetcher.app import settings
+
+        self._consumer, self.queues = c, settings.quota.queues
+        self.counter = counter_for(settings.quota)
+        _governor = self
+        self.check()
+        self._timer = c.timer.call_repeatedly(CHECK_INTERVAL, self.check)
+
+    def stop(self, c) -> None:
+        # Also called when the connection is lost: the consumer restarts every step once it is back.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self, c) -> None:
+        global _governor
+        self.stop(c)
+        if self.counter is not None:
+            self.counter.set_consuming(False)
+        _governor = None
+
+    def check(self) -> None:
+        """Pause or resume the quota queues to match the counter, and record which it is."""
+        try:
+            status = self.counter.status()
+            consuming = self._consuming()
+            if consuming and status.remaining == 0:
+                self._pause(status)
+                consuming = False
+            elif not consuming and status.remaining > 0:
+                self._resume(status)
+                consuming = True
+            if status.consuming != consuming or status.worker_pid is None:
+                self.counter.set_consuming(consuming)
+        except Exception:  # the timer must keep running: the next check may succeed
+            logger.exception("Checking the API allowance failed; trying again in %s s", CHECK_INTERVAL)
+
+    def _consuming(self) -> bool:
+        task_consumer = self._consumer.task_consumer
+        return task_consumer is not None and any(task_consumer.consuming_from(q) for q in self.queues)
+
+    def _pause(self, status: QuotaStatus) -> None:
+        for queue in self.queues:
+            self._consumer.cancel_task_queue(queue)
+        logger.warning(
+            "API allowance spent (%d of %d calls): not consuming %s until the window resets at %s",
+            status.used, status.allowance, ", ".join(self.queues), utc_time(status.reset_at),
+        )
+
+    def _resume(self, status: QuotaStatus) -> None:
+        for queue in self.queues:
+            self._consumer.add_task_queue(queue)
+        logger.info(
+            "API allowance available (%d of %d calls left until %s): consuming %s again",
+            status.remaining, status.allowance, utc_time(status.reset_at), ", ".join(self.queues),
+        )
+
+
+def check_now() -> None:
+    """Let the governor act at once (in the main process; a no-op where no governor runs)."""
+    if _governor is not None:
+        _governor.check()
+
+
+class QuotaRequest(Request):
+    """The request of a task that calls the API: stop consuming before a refused message goes back."""
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, QuotaExhausted):
+            # The counter says nothing is left: the governor cancels the quota consumers now, before
+            # the reject below sends the message back to the queue.
+            check_now()
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_success(self, failed__retval__runtime, **kwargs):
+        result = super().on_success(failed__retval__runtime, **kwargs)
+        # That call may have been the window's last: stop before the next message is handed out.
+        check_now()
+        return result

@@ -1,0 +1,157 @@
+"""The quota governor: the worker consumes its quota queues only while the host has calls left."""
+
+import pickle
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+from billiard.einfo import ExceptionWithTraceback
+from celery import Celery
+from celery.signals import celeryd_after_setup
+from celery.worker.request import Request
+
+from fetcher import governor, worker
+from fetcher.celeryconfig import build_config
+from fetcher.governor import QuotaExhausted, QuotaGovernor, QuotaRequest
+from fetcher.quota import QuotaCounter, QuotaSpent
+from fetcher.settings import QuotaSettings
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeConsumer:
+    """Celery's consumer as the governor uses it: which queues it consumes, and the two calls that change it."""
+
+    def __init__(self, *consuming):
+        self.active = set(consuming)
+        self.calls = []
+        self.task_consumer = SimpleNamespace(consuming_from=lambda queue: queue in self.active)
+
+    def cancel_task_queue(self, queue):
+        self.active.discard(queue)
+        self.calls.append(("cancel", queue))
+
+    def add_task_queue(self, queue):
+        self.active.add(queue)
+        self.calls.append(("add", queue))
+
+
+@pytest.fixture
+def clock():
+    return Clock(1_800_000_005.0)
+
+
+@pytest.fixture
+def counter(tmp_path, clock):
+    return QuotaCounter(tmp_path / "quota.sqlite3", allowance=2, window=20, clock=clock)
+
+
+@pytest.fixture
+def governed(counter):
+    """A governor over a consumer that consumes its own queue and the quota queue `api`."""
+    consumer = FakeConsumer("server", "api")
+    step = QuotaGovernor(SimpleNamespace())
+    step._consumer, step.queues, step.counter = consumer, ("api",), counter
+    return step, consumer
+
+
+def test_it_stops_consuming_the_quota_queues_once_the_allowance_is_spent(governed, counter):
+    step, consumer = governed
+    counter.take()
+    step.check()
+    assert consumer.calls == [] and counter.status().consuming is True
+
+    counter.take()
+    step.check()
+    assert consumer.active == {"server"}, "the quota queue is cancelled, the host's own queue keeps flowing"
+    assert counter.status().consuming is False
+
+    step.check()
+    assert consumer.calls == [("cancel", "api")], "cancelled once"
+
+
+def test_it_consumes_again_when_the_window_rolls_over(governed, counter, clock):
+    step, consumer = governed
+    counter.spend_all()
+    step.check()
+    clock.now = 1_800_000_019.9
+    step.check()
+    assert consumer.active == {"server"}
+
+    clock.now = 1_800_000_020.0
+    step.check()
+    assert consumer.active == {"server", "api"}
+    assert consumer.calls == [("cancel", "api"), ("add", "api")]
+    assert counter.status().consuming is True
+
+
+def test_a_failing_check_is_logged_and_the_next_one_runs(governed, caplog):
+    step, consumer = governed
+    broken = SimpleNamespace(status=lambda: (_ for _ in ()).throw(OSError("disk full")))
+    step.counter, working = broken, step.counter
+    step.check()
+    assert "Checking the API allowance failed" in caplog.text
+    step.counter = working
+    working.spend_all()
+    step.check()
+    assert consumer.active == {"server"}
+
+
+def test_a_refused_message_goes_back_only_after_the_consumer_stopped(governed, counter, monkeypatch):
+    step, consumer = governed
+    counter.spend_all()
+    seen = []
+    monkeypatch.setattr(Request, "on_failure", lambda self, *a, **k: seen.append(set(consumer.active)))
+    monkeypatch.setattr(governor, "_governor", step)
+    request = QuotaRequest.__new__(QuotaRequest)
+
+    request.on_failure(SimpleNamespace(exception=ExceptionWithTraceback(QuotaExhausted("spent"), "tb")))
+
+    assert seen == [{"server"}], "Celery's reject (the requeue) ran with the quota queue already cancelled"
+
+
+def test_quota_exhausted_is_a_requeue_that_survives_the_pool_pipe():
+    copy = pickle.loads(pickle.dumps(QuotaExhausted("spent")))
+    assert isinstance(copy, QuotaExhausted) and copy.requeue is True and copy.reason == "spent"
+
+
+def test_a_worker_restarted_with_its_allowance_spent_leaves_its_quota_queues_out(fetcher_app, tmp_path):
+    state = tmp_path / "quota.sqlite3"
+    settings = replace(
+        fetcher_app.settings,
+        quota=QuotaSettings(allowance=1, window=3600, queues=("laptop",), state_file=state),
+    )
+    QuotaCounter(state, allowance=1, window=3600).spend_all()
+    app = Celery("restarted")
+    app.conf.update(build_config(settings))
+    worker.install(app, settings)
+
+    celeryd_after_setup.send(sender="fetcher@server", instance=SimpleNamespace(app=app), conf=None)
+
+    assert sorted(app.amqp.queues.consume_from) == ["server"]
+
+
+def test_a_spent_allowance_returns_a_quota_queues_message_unrun(tasks, stub_api, tmp_path, monkeypatch):
+    quota = QuotaSettings(allowance=1, window=3600, queues=("laptop",), state_file=tmp_path / "q.sqlite3")
+    monkeypatch.setattr(tasks, "settings", replace(tasks.settings, quota=quota))
+    tasks.api_client.cache_clear()
+    stub_api.requests.clear()
+    try:
+        first = tasks.call_api.apply(("ok",), routing_key="laptop_task")
+        second = tasks.call_api.apply(("ok",), routing_key="laptop_task")
+        elsewhere = tasks.call_api.apply(("ok",), routing_key="server_task")
+    finally:
+        tasks.api_client.cache_clear()
+
+    assert first.successful()
+    assert second.state == "REJECTED" and isinstance(second.result, QuotaExhausted)
+    assert second.result.requeue, "back to its queue for a host with allowance left"
+    # From a queue that is not a quota queue nobody else would take it: it is retried after the reset.
+    assert elsewhere.failed() and isinstance(elsewhere.result, QuotaSpent)
+    assert len(stub_api.requests) == 1, "no call is made without allowance"
