@@ -208,3 +208,30 @@ def test_fetcher_quota_shows_the_window_to_an_operator(tmp_path, monkeypatch, ca
     text = capsys.readouterr().out
     assert text.startswith("server: 5 of 5 API calls used, 0 remaining in this 3600 s window; resets at ")
     assert "consuming laptop: no (since " in text
+
+
+def test_a_call_in_the_windows_last_second_counts_in_the_next_window_too(counter, clock):
+    """It may reach the API after the roll-over, where the API counts it."""
+    clock.now = 1_800_000_059.2
+    counter.take()
+    clock.now = 1_800_000_060.0
+    assert counter.status().used == 1
+    counter.take()
+    counter.take()
+    with pytest.raises(QuotaSpent):
+        counter.take()
+
+
+def test_near_the_boundary_a_call_needs_room_in_both_windows(counter, clock):
+    clock.now = 1_800_000_010.0
+    for _ in range(2):
+        counter.take()
+    clock.now = 1_800_000_059.5
+    counter.take()  # the third of this window, the first of the next
+    clock.now = 1_800_000_060.5
+    counter.take()
+    counter.take()
+    assert counter.status().used == 3
+    with pytest.raises(QuotaSpent) as caught:
+        counter.take()
+    assert caught.value.reset_at == 1_800_000_120

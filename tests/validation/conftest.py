@@ -168,10 +168,11 @@ class Inventory:
 
     def vault(self, drop=(), **replace):
         """Rewrite the vault from the test bed's: drop some keys, replace others; encrypted like the real one."""
-        lines = []
+        lines, key = [], None
         for line in self._vault_lines:
             match = re.match(r"^(\w+):", line)
-            key = match.group(1) if match else None
+            # An indented line belongs to the key above it (a mapping such as the API tokens).
+            key = match.group(1) if match else (key if line.startswith(" ") else None)
             if key in drop:
                 continue
             if key in replace:

@@ -43,7 +43,37 @@ def test_two_workers_on_one_queue(target, inventory, playbook):
     inventory.celery_groups()
     inventory.update_host_vars("laptop", celery_worker_queue="server")
     run = playbook(inventory, path=SITE)
-    assert_rejected(run, "celery_worker : Check that queues and routing keys are unique", r"Two workers share a queue")
+    assert_rejected(run, "celery_worker : Check that queues and routing keys are unique", r"Two queues share a name or a routing key")
+
+
+def test_a_shared_queue_named_like_a_hosts_queue(target, inventory, playbook):
+    inventory.celery_groups()
+    for host in ("server", "laptop"):
+        inventory.update_host_vars(host, celery_worker_shared_queues=[{"queue": "laptop", "routing_key": "x_task"}])
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check that queues and routing keys are unique", r"laptop/x_task")
+
+
+def test_an_allowance_needs_quota_queues_it_consumes_and_a_token(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("laptop", celery_worker_quota_allowance=20, celery_worker_quota_queues=["api"])
+    inventory.vault(drop=("vault_fetcher_api_tokens",))
+    run = playbook(inventory, path=SITE)
+    assert_rejected(
+        run, "celery_worker : Check this host's API allowance",
+        r"laptop has an API allowance of 20 calls per 20 s", r"each also in its celery_worker_consume_also \(now none\)",
+        r"vault_fetcher_api_tokens.laptop",
+    )
+
+
+def test_quota_queues_without_an_allowance(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("server", celery_worker_consume_also=["api"], celery_worker_quota_queues=["api"])
+    run = playbook(inventory, path=SITE)
+    assert_rejected(
+        run, "celery_worker : Check that quota queues come with an allowance",
+        r"celery_worker_quota_queues is set but celery_worker_quota_allowance is 0",
+    )
 
 
 def test_missing_app_password(target, inventory, playbook):

@@ -26,6 +26,10 @@ from pathlib import Path
 
 from fetcher.settings import QuotaSettings
 
+# Seconds before a window ends from which a call counts in the next window too: it may reach the API after
+# the roll-over, and the API counts it when it arrives. Hosts and API are expected to keep time by NTP.
+BOUNDARY_GUARD = 1.0
+
 # Past windows kept for the record (an operator can see the last ones); older rows are deleted.
 KEEP_WINDOWS = 48
 
@@ -96,17 +100,33 @@ class QuotaCounter:
         return int(now // self.window) * self.window
 
     def take(self) -> None:
-        """Take one call from this window's allowance, or raise QuotaSpent without taking anything."""
-        start = self.window_start()
+        """Take one call from this window's allowance, or raise QuotaSpent without taking anything.
+
+        A call taken in the last `BOUNDARY_GUARD` seconds of a window may reach the API after the window
+        rolled over, so it counts in both windows and needs room in both.
+        """
+        now = self._clock()
+        start = self.window_start(now)
+        windows = [start]
+        if now + BOUNDARY_GUARD >= start + self.window:
+            windows.append(start + self.window)
         db = self._connection()
+        marks = ", ".join("?" * len(windows))
         with _immediate(db):
-            db.execute("INSERT INTO windows (start, used) VALUES (?, 0) ON CONFLICT DO NOTHING", (start,))
-            granted = db.execute(
-                "UPDATE windows SET used = used + 1 WHERE start = ? AND used < ?", (start, self.allowance)
-            ).rowcount
+            db.executemany(
+                "INSERT INTO windows (start, used) VALUES (?, 0) ON CONFLICT DO NOTHING", [(w,) for w in windows]
+            )
+            full = [
+                window
+                for (window,) in db.execute(
+                    f"SELECT start FROM windows WHERE start IN ({marks}) AND used >= ?", (*windows, self.allowance)
+                )
+            ]
+            if not full:
+                db.execute(f"UPDATE windows SET used = used + 1 WHERE start IN ({marks})", windows)
             db.execute("DELETE FROM windows WHERE start < ?", (start - KEEP_WINDOWS * self.window,))
-        if not granted:
-            reset_at = start + self.window
+        if full:
+            reset_at = max(full) + self.window
             raise QuotaSpent(
                 f"API allowance spent: {self.allowance} calls in the window ending at {utc_time(reset_at)}",
                 reset_at=reset_at,

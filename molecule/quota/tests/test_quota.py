@@ -1,0 +1,136 @@
+"""Per-host API allowances that hold, against a real rate-limited HTTP API (the stand-in on `api`).
+
+server may make 20 calls per 20 s window, laptop 100; both consume the shared `api` queue. The stand-in
+counts every call per token and per window by its own clock, and answers 429 past a token's allowance:
+its counts are the evidence.
+"""
+import json
+import time
+import uuid
+
+import requests
+
+from conftest import FETCHER, address, group, host_var, node, queue_depths, wait_for
+
+testinfra_hosts = group("celery_workers")
+WINDOW = host_var("server", "celery_worker_quota_window")
+ALLOWANCE = {name: host_var(name, "celery_worker_quota_allowance") for name in ("server", "laptop")}
+QUOTA = f"{FETCHER}/fetcher-quota --json"
+# Sends COUNT call_api tasks for items RUN-0 .. RUN-(COUNT-1) to the api queue, over one pooled connection.
+SEND = (
+    f"{FETCHER}/python -c 'import sys; from fetcher.app import app; from fetcher.tasks import call_api\n"
+    "with app.producer_or_acquire() as producer:\n"
+    "    for i in range(int(sys.argv[2])):\n"
+    "        call_api.apply_async((f\"{sys.argv[1]}-{i}\",), queue=\"api\", producer=producer, ignore_result=True)\n"
+    "'"
+)
+
+
+def stand_in(path):
+    response = requests.get(f"http://{address(node('api'))}:8080{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def calls(run):
+    """The stand-in's record of this run's calls: {"t", "caller", "item", "status", "window"} each."""
+    return [call for call in stand_in("/calls") if call["item"].startswith(f"{run}-")]
+
+
+def quota(name):
+    return json.loads(node(name).check_output(QUOTA))
+
+
+def dead(vhost):
+    return queue_depths(node("server"), vhost).get("tasks.dead", 0)
+
+
+def send(run, count):
+    node("server").check_output(f"{SEND} {run} {count}")
+
+
+def wait_for_a_fresh_window():
+    """Sleep until just after a window starts, so a test's first window is a whole one."""
+    wait_for(lambda: time.time() % WINDOW < 1.0, WINDOW + 5, "a new window to start")
+
+
+def per_window(run_calls):
+    counts = {}
+    for call in run_calls:
+        key = (call["caller"], call["window"])
+        counts.setdefault(key, {"ok": 0, "limited": 0})
+        counts[key]["ok" if call["status"] == 200 else "limited"] += 1
+    return counts
+
+
+def test_the_stand_in_counts_each_token_against_the_servers_allowance():
+    stats = stand_in("/stats")
+    assert stats["window"] == WINDOW
+    assert {name: caller["allowance"] for name, caller in stats["callers"].items()} == ALLOWANCE
+
+
+def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_is_lost(app_user):
+    """Three windows' worth of work: the smaller allowance runs out first and laptop carries on; after
+    each roll-over both take work again; every task is executed or dead-lettered, exactly once."""
+    vhost = app_user[2]
+    supply = sum(ALLOWANCE.values())
+    count, run = 5 * supply // 2, f"demand-{uuid.uuid4().hex[:8]}"
+    dead_before = dead(vhost)
+    wait_for_a_fresh_window()
+    send(run, count)
+
+    # While it runs: server's worker is seen not consuming `api` while laptop still is.
+    seen = []
+
+    def finished():
+        seen.append((quota("server")["consuming"], quota("laptop")["consuming"]))
+        done = {call["item"] for call in calls(run) if call["status"] == 200}
+        return len(done) + dead(vhost) - dead_before >= count
+
+    wait_for(finished, 4 * WINDOW + 60, f"{count} API tasks to be executed or dead-lettered")
+    run_calls = calls(run)
+    counts = per_window(run_calls)
+
+    overruns = {key: value for key, value in counts.items() if value["limited"] or value["ok"] > ALLOWANCE[key[0]]}
+    assert not overruns, f"calls past an allowance (429s or counts above it): {overruns}"
+    first = min(window for _, window in counts)
+    assert counts[("server", first)]["ok"] == ALLOWANCE["server"], counts
+    assert counts[("laptop", first)]["ok"] > ALLOWANCE["server"], "laptop carried on after server stopped"
+    assert len({window for caller, window in counts if caller == "server"}) >= 2, "server resumed after the reset"
+    assert (False, True) in seen, f"server never seen paused while laptop consumed: {seen}"
+
+    items = [call["item"] for call in run_calls if call["status"] == 200]
+    duplicates = len(items) - len(set(items))
+    assert duplicates == 0, f"{duplicates} items were called twice"
+    assert len(set(items)) + dead(vhost) - dead_before == count, "every task executed or dead-lettered"
+
+
+def test_a_worker_restarted_mid_window_does_not_regain_its_allowance(app_user):
+    """server spends its allowance with laptop's worker stopped, restarts, and makes no call until the reset."""
+    vhost = app_user[2]
+    run = f"restart-{uuid.uuid4().hex[:8]}"
+    laptop = node("laptop")
+    laptop.check_output("systemctl stop fetcher-worker")
+    try:
+        wait_for_a_fresh_window()
+        send(run, ALLOWANCE["server"] + 10)
+        wait_for(lambda: quota("server")["remaining"] == 0, WINDOW / 2, "server to spend its allowance")
+        window = quota("server")["window_start"]
+        node("server").check_output("systemctl restart fetcher-worker")
+        wait_for(
+            lambda: node("server").run(f"{FETCHER}/celery -A fetcher.app inspect ping -d fetcher@server -t 2").rc == 0,
+            30, "server's worker to answer after its restart",
+        )
+        status = quota("server")
+        assert status["window_start"] == window, "the restart took longer than the window; make the window longer"
+        assert (status["used"], status["remaining"], status["consuming"]) == (ALLOWANCE["server"], 0, False)
+        assert queue_depths(node("server"), vhost)["api"] >= 10, "the rest waits in the queue"
+        made = [call for call in calls(run) if call["window"] == window]
+        assert len(made) == ALLOWANCE["server"] and all(call["status"] == 200 for call in made)
+
+        # After the roll-over it takes work again by itself, and the queue drains.
+        wait_for(lambda: len(calls(run)) == ALLOWANCE["server"] + 10, 2 * WINDOW, "server to resume after the reset")
+        assert {call["caller"] for call in calls(run)} == {"server"}
+        assert quota("server")["consuming"] is True
+    finally:
+        laptop.check_output("systemctl start fetcher-worker")
