@@ -27,6 +27,8 @@ lint: setup
 	yamllint --strict .
 	ansible-lint --offline
 
-bench: setup  ## Converge timings against a bare install; the app's task throughput against raw AMQP
+bench: setup  ## Converge timings against a bare install; task throughput against raw AMQP; API allowance use
 	bench/cluster-converge
 	bench/app-throughput
+	molecule destroy --scenario-name app
+	bench/quota-usage

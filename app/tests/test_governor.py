@@ -31,7 +31,9 @@ class FakeConsumer:
     def __init__(self, *consuming):
         self.active = set(consuming)
         self.calls = []
-        self.task_consumer = SimpleNamespace(consuming_from=lambda queue: queue in self.active)
+        self.app = SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from=self.active)))
+        self.wakes = []
+        self.timer = SimpleNamespace(call_after=lambda delay, fun: self.wakes.append((delay, fun)))
 
     def cancel_task_queue(self, queue):
         self.active.discard(queue)
@@ -74,6 +76,8 @@ def test_it_stops_consuming_the_quota_queues_once_the_allowance_is_spent(governe
 
     step.check()
     assert consumer.calls == [("cancel", "api")], "cancelled once"
+    [(delay, fun)] = consumer.wakes
+    assert delay == pytest.approx(15.001) and fun == step.check, "it checks again the moment the window resets"
 
 
 def test_it_consumes_again_when_the_window_rolls_over(governed, counter, clock):

@@ -9,8 +9,8 @@ worker's main process, which owns the broker connection and its consumers:
   quota queues at all (`fetcher.worker`).
 - `QuotaGovernor`, a consumer bootstep, reads the host's shared counter every `CHECK_INTERVAL` seconds
   and after every quota task: once nothing remains it cancels its consumers on the quota queues
-  (`basic.cancel`), so RabbitMQ hands their messages to the other hosts that consume them; once the
-  window has rolled over it subscribes again. Non-quota queues are never touched.
+  (`basic.cancel`), so RabbitMQ hands their messages to the other hosts that consume them; at the moment
+  the window rolls over it subscribes again. Non-quota queues are never touched.
 - A task that finds the allowance spent (another process of the host took the last call) raises
   `QuotaExhausted`, a reject with requeue. Its `QuotaRequest`, in the main process, first stops the
   consumers and only then rejects the message, so RabbitMQ cannot hand it straight back to this host:
@@ -31,7 +31,7 @@ from fetcher.quota import QuotaCounter, QuotaStatus, counter_for, utc_time
 
 logger = logging.getLogger("fetcher.quota")
 
-# Seconds between two reads of the counter: how late, at most, a host resumes after its window rolled.
+# Seconds between two reads of the counter (a paused host also checks at the very moment its window resets).
 CHECK_INTERVAL = 0.5
 
 # The governor of this worker process (the main one), once its consumer has started.
@@ -54,6 +54,8 @@ class QuotaGovernor(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
         self._consumer = None
         self._timer = None
+        self._wake = None
+        self._wake_at = None
         self.queues: tuple[str, ...] = ()
         self.counter: QuotaCounter | None = None
 
@@ -70,14 +72,16 @@ class QuotaGovernor(bootsteps.StartStopStep):
         self._consumer, self.queues = c, settings.quota.queues
         self.counter = counter_for(settings.quota)
         _governor = self
-        self.check()
+        # The first check comes from the timer, inside the event loop: consuming before the loop has set
+        # the consumer's message callback would leave delivered messages with nobody to take them.
         self._timer = c.timer.call_repeatedly(CHECK_INTERVAL, self.check)
 
     def stop(self, c) -> None:
         # Also called when the connection is lost: the consumer restarts every step once it is back.
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for entry in (self._timer, self._wake):
+            if entry is not None:
+                entry.cancel()
+        self._timer = self._wake = self._wake_at = None
 
     def shutdown(self, c) -> None:
         global _governor
@@ -99,12 +103,19 @@ class QuotaGovernor(bootsteps.StartStopStep):
                 consuming = True
             if status.consuming != consuming or status.worker_pid is None:
                 self.counter.set_consuming(consuming)
+            if not consuming and self._wake_at != status.reset_at:
+                # Check again the moment the window rolls over, rather than up to CHECK_INTERVAL later.
+                self._wake_at = status.reset_at
+                delay = max(status.reset_at - self.counter.now(), 0) + 0.001
+                self._wake = self._consumer.timer.call_after(delay, self.check)
         except Exception:  # the timer must keep running: the next check may succeed
             logger.exception("Checking the API allowance failed; trying again in %s s", CHECK_INTERVAL)
 
     def _consuming(self) -> bool:
-        task_consumer = self._consumer.task_consumer
-        return task_consumer is not None and any(task_consumer.consuming_from(q) for q in self.queues)
+        # The worker's selection of queues, which cancel_task_queue and add_task_queue keep, and from which
+        # the consumer subscribes again after a reconnection (it is already set before the first subscribe).
+        selected = self._consumer.app.amqp.queues.consume_from
+        return any(queue in selected for queue in self.queues)
 
     def _pause(self, status: QuotaStatus) -> None:
         for queue in self.queues:

@@ -94,6 +94,10 @@ class QuotaCounter:
         self._db: sqlite3.Connection | None = None
         self._pid = 0
 
+    def now(self) -> float:
+        """The counter's clock (the wall clock, but for tests)."""
+        return self._clock()
+
     def window_start(self, now: float | None = None) -> int:
         """The start of the window `now` (default: the clock's time) falls in."""
         now = self._clock() if now is None else now

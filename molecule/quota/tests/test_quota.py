@@ -69,6 +69,17 @@ def test_the_stand_in_counts_each_token_against_the_servers_allowance():
     assert {name: caller["allowance"] for name, caller in stats["callers"].items()} == ALLOWANCE
 
 
+def test_the_api_token_is_in_no_unit_log_or_process_argument(host):
+    name = host.backend.get_hostname()
+    token = host_var(name, "vault_fetcher_api_tokens")[name]
+    config = host.file("/etc/fetcher/fetcher.toml")
+    assert token in config.content_string and (config.user, config.group, config.mode) == ("root", "fetcher", 0o640)
+    for path in ("/etc/systemd/system/fetcher-worker.service", "/var/log/fetcher/worker.log"):
+        assert token not in host.file(path).content_string, path
+    assert token not in host.check_output("ps -eo args")
+    assert token not in host.check_output("journalctl --no-pager -u fetcher-worker")
+
+
 def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_is_lost(app_user):
     """Three windows' worth of work: the smaller allowance runs out first and laptop carries on; after
     each roll-over both take work again; every task is executed or dead-lettered, exactly once."""
@@ -103,6 +114,7 @@ def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_i
     duplicates = len(items) - len(set(items))
     assert duplicates == 0, f"{duplicates} items were called twice"
     assert len(set(items)) + dead(vhost) - dead_before == count, "every task executed or dead-lettered"
+    assert dead(vhost) == dead_before, "no task should die for want of allowance: it waits for one"
 
 
 def test_a_worker_restarted_mid_window_does_not_regain_its_allowance(app_user):
@@ -134,3 +146,23 @@ def test_a_worker_restarted_mid_window_does_not_regain_its_allowance(app_user):
         assert quota("server")["consuming"] is True
     finally:
         laptop.check_output("systemctl start fetcher-worker")
+
+
+def test_a_worker_that_starts_with_api_work_waiting_takes_it(app_user):
+    """Both workers stopped, work queued; laptop alone starts (with allowance left) and runs all of it."""
+    vhost = app_user[2]
+    run, count = f"waiting-{uuid.uuid4().hex[:8]}", 10
+    dead_before = dead(vhost)
+    for name in ("server", "laptop"):
+        node(name).check_output("systemctl stop fetcher-worker")
+    try:
+        send(run, count)
+        wait_for(lambda: queue_depths(node("server"), vhost)["api"] >= count, 30, f"{count} tasks to be queued")
+        node("laptop").check_output("systemctl start fetcher-worker")
+        wait_for(lambda: len(calls(run)) >= count, 60, f"laptop to run the {count} waiting tasks")
+    finally:
+        for name in ("server", "laptop"):
+            node(name).check_output("systemctl start fetcher-worker")
+    made = calls(run)
+    assert len(made) == count and {call["caller"] for call in made} == {"laptop"}
+    assert dead(vhost) == dead_before
