@@ -95,6 +95,15 @@ def test_it_consumes_again_when_the_window_rolls_over(governed, counter, clock):
     assert counter.status().consuming is True
 
 
+def test_a_restarted_worker_records_itself_as_the_consumer(governed, counter, monkeypatch):
+    """fetcher-quota shows `consuming` only while the process that recorded it runs."""
+    step, consumer = governed
+    step.check()
+    monkeypatch.setattr(governor.os, "getpid", lambda: 999_999)
+    step.check()
+    assert counter.status().worker_pid == 999_999 and counter.status().consuming is True
+
+
 def test_a_failing_check_is_logged_and_the_next_one_runs(governed, caplog):
     step, consumer = governed
     broken = SimpleNamespace(status=lambda: (_ for _ in ()).throw(OSError("disk full")))

@@ -21,6 +21,7 @@ most the few messages it had reserved (prefetch 1 per process) each time its all
 """
 
 import logging
+import os
 
 from billiard.einfo import ExceptionWithTraceback
 from celery import bootsteps
@@ -101,7 +102,8 @@ class QuotaGovernor(bootsteps.StartStopStep):
             elif not consuming and status.remaining > 0:
                 self._resume(status)
                 consuming = True
-            if status.consuming != consuming or status.worker_pid is None:
+            if status.consuming != consuming or status.worker_pid != os.getpid():
+                # Also after a restart: fetcher-quota trusts the record only while its process runs.
                 self.counter.set_consuming(consuming)
             if not consuming and self._wake_at != status.reset_at:
                 # Check again the moment the window rolls over, rather than up to CHECK_INTERVAL later.
