@@ -10,7 +10,7 @@ import uuid
 
 import requests
 
-from conftest import FETCHER, address, group, host_var, node, queue_depths, wait_for
+from conftest import FETCHER, address, demo, group, host_var, node, queue_depths, wait_for
 
 testinfra_hosts = group("celery_workers")
 WINDOW = host_var("server", "celery_worker_quota_window")
@@ -90,11 +90,14 @@ def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_i
     wait_for_a_fresh_window()
     send(run, count)
 
-    # While it runs: server's worker is seen not consuming `api` while laptop still is.
-    seen = []
+    # While it runs: server's worker is seen not consuming `api` while laptop still is, and meanwhile its own
+    # queue keeps flowing.
+    seen, own_queue = [], []
 
     def finished():
         seen.append((quota("server")["consuming"], quota("laptop")["consuming"]))
+        if seen[-1] == (False, True) and not own_queue:
+            own_queue.append(demo("server", "--routing-key", "server_task", "--count", "4"))
         done = {call["item"] for call in calls(run) if call["status"] == 200}
         return len(done) + dead(vhost) - dead_before >= count
 
@@ -109,6 +112,8 @@ def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_i
     assert counts[("laptop", first)]["ok"] > ALLOWANCE["server"], "laptop carried on after server stopped"
     assert len({window for caller, window in counts if caller == "server"}) >= 2, "server resumed after the reset"
     assert (False, True) in seen, f"server never seen paused while laptop consumed: {seen}"
+    [report] = own_queue
+    assert report["results"] == [2, 4, 6, 8] and set(report["hosts"]) == {"server"}, "the own queue flows meanwhile"
 
     items = [call["item"] for call in run_calls if call["status"] == 200]
     duplicates = len(items) - len(set(items))
