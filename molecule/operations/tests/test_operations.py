@@ -151,6 +151,8 @@ def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_ta
                vault_rabbitmq_admin_password=secrets.token_urlsafe(24))
     since = float(node(HOSTS[0]).check_output("date +%s.%N"))
     workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
+    [beat_host] = group("celery_beat")
+    beat = main_pid(beat_host, "fetcher-beat")
     with Load(HOSTS[1]) as load:
         playbook("rotate-credentials.yml", tmp_path, "--diff")
     sent, duplicates, _ = load.report()
@@ -159,6 +161,7 @@ def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_ta
     assert refused(user, old_password, vhost), "the old password still opens a connection"
     assert not refused(user, NEW["vault_rabbitmq_app_password"], vhost), "the new password is refused"
     assert all(main_pid(name, "fetcher-worker") != pid for name, pid in workers.items()), "every worker restarted"
+    assert main_pid(beat_host, "fetcher-beat") not in (beat, "0"), "beat restarted with the new password"
     # One host at a time: each worker was back before the next one stopped.
     restarts = worker_restarts(since)
     for (first, _, started), (then, stopping, _) in zip(restarts, restarts[1:]):
@@ -178,9 +181,12 @@ def test_a_cookie_rotation_under_load_keeps_queued_messages_and_loses_no_task(ap
         for number in range(50):
             channel.basic_publish("", kept, str(number), pika.BasicProperties(delivery_mode=2))
 
+    workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
     with Load(HOSTS[2]) as load:
         output = playbook("rotate-cookie.yml", tmp_path)
     sent, duplicates, errors = load.report()
+    # The workers were neither restarted nor crashed: they reconnected by themselves.
+    assert {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")} == workers
     assert sent and errors, "the publisher should have seen the cluster down and waited"
     print(f"cookie rotation: {len(duplicates)} tasks executed twice (at-least-once): {sorted(duplicates)[:10]}")
     downtime = re.search(r"RabbitMQ was unavailable for (\d+) s", output)
@@ -206,10 +212,13 @@ def test_a_cookie_rotation_under_load_keeps_queued_messages_and_loses_no_task(ap
 
 def test_a_rolling_restart_under_load_drains_each_node_and_loses_no_task(tmp_path):
     brokers = {name: main_pid(name, "rabbitmq-server") for name in HOSTS}
+    workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
     with Load(HOSTS[0]) as load:
         output = playbook("rolling-restart.yml", tmp_path)
     sent, duplicates, _ = load.report()
     assert sent
+    # Each worker failed over to another node when its own drained; none was restarted or crashed.
+    assert {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")} == workers
     print(f"rolling restart: {len(duplicates)} tasks executed twice: {sorted(duplicates)[:10]}")
     assert all(main_pid(name, "rabbitmq-server") != pid for name, pid in brokers.items()), "every broker restarted"
     assert output.count("TASK [Drain the node (maintenance mode)]") == len(HOSTS), output[-3000:]
@@ -234,6 +243,8 @@ def test_no_secret_is_in_any_log_file_process_list_or_playbook_output(host, tmp_
     finally:
         host.run(f"rm -f {patterns}")
     allowed = {"/etc/fetcher/fetcher.toml", "/var/lib/rabbitmq/.erlang.cookie"}
+    # The search works: it finds the secrets where they belong (the current password, the current cookie).
+    assert allowed <= set(found), f"the search missed {sorted(allowed - set(found))}"
     assert set(found) <= allowed, f"secrets in {sorted(set(found) - allowed)}"
     assert journal == "0", f"{journal} journal lines hold a secret"
     assert processes == "0", f"{processes} process command lines hold a secret"

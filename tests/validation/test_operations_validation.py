@@ -1,0 +1,30 @@
+"""The operations playbooks refuse what they cannot do safely, with a message, before they touch a node."""
+from pathlib import Path
+
+from test_inventory_validation import assert_rejected
+
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+
+
+def test_a_rolling_restart_of_two_nodes_asks_before_pausing_the_quorum_queues(target, inventory, playbook):
+    run = playbook(inventory, path=PLAYBOOKS / "rolling-restart.yml")
+    assert_rejected(
+        run, "Check that the cluster has three nodes or more",
+        r"With 2 nodes every quorum queue loses its majority", r"-e rolling_restart_accept_unavailable=true",
+        hosts=("server",),  # the check runs once, for the cluster
+    )
+
+
+def test_a_cookie_rotation_refuses_a_weak_new_cookie_before_stopping_anything(target, inventory, playbook):
+    inventory.vault(vault_rabbitmq_erlang_cookie="short")
+    run = playbook(inventory, path=PLAYBOOKS / "rotate-cookie.yml")
+    assert_rejected(run, "rabbitmq : Check that the Erlang cookie is strong", r"The Erlang cookie for \w+ is weak")
+    assert "short" not in run.output.replace("is weak", "")
+
+
+def test_a_password_rotation_refuses_a_missing_password_before_changing_anything(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.vault(drop=("vault_rabbitmq_app_password",))
+    run = playbook(inventory, path=PLAYBOOKS / "rotate-credentials.yml")
+    assert run.rc != 0 and "vault_rabbitmq_app_password" in run.output, run.output
+    assert "changed=1" not in run.output
