@@ -73,6 +73,10 @@ def main_pid(name, unit):
     return node(name).check_output(f"systemctl show -p MainPID --value {unit}")
 
 
+def worker_pids():
+    return {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
+
+
 class Load:
     """The publisher (molecule/resources/load/publish.py) on one server, sending to every server's queue."""
 
@@ -87,8 +91,8 @@ class Load:
         )
 
     def sent(self):
-        return self.host.file(f"{self.folder}/sent").content_string.split() if self.host.file(
-            f"{self.folder}/sent").exists else []
+        sent = self.host.file(f"{self.folder}/sent")
+        return sent.content_string.split() if sent.exists else []
 
     def __enter__(self):
         wait_for(lambda: len(self.sent()) >= 10, 60, "the publisher to get going")
@@ -150,7 +154,7 @@ def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_ta
     NEW.update(vault_rabbitmq_app_password=secrets.token_urlsafe(24),
                vault_rabbitmq_admin_password=secrets.token_urlsafe(24))
     since = float(node(HOSTS[0]).check_output("date +%s.%N"))
-    workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
+    workers = worker_pids()
     [beat_host] = group("celery_beat")
     beat = main_pid(beat_host, "fetcher-beat")
     with Load(HOSTS[1]) as load:
@@ -181,12 +185,12 @@ def test_a_cookie_rotation_under_load_keeps_queued_messages_and_loses_no_task(ap
         for number in range(50):
             channel.basic_publish("", kept, str(number), pika.BasicProperties(delivery_mode=2))
 
-    workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
+    workers = worker_pids()
     with Load(HOSTS[2]) as load:
         output = playbook("rotate-cookie.yml", tmp_path)
     sent, duplicates, errors = load.report()
     # The workers were neither restarted nor crashed: they reconnected by themselves.
-    assert {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")} == workers
+    assert worker_pids() == workers
     assert sent and errors, "the publisher should have seen the cluster down and waited"
     print(f"cookie rotation: {len(duplicates)} tasks executed twice (at-least-once): {sorted(duplicates)[:10]}")
     downtime = re.search(r"RabbitMQ was unavailable for (\d+) s", output)
@@ -212,13 +216,13 @@ def test_a_cookie_rotation_under_load_keeps_queued_messages_and_loses_no_task(ap
 
 def test_a_rolling_restart_under_load_drains_each_node_and_loses_no_task(tmp_path):
     brokers = {name: main_pid(name, "rabbitmq-server") for name in HOSTS}
-    workers = {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")}
+    workers = worker_pids()
     with Load(HOSTS[0]) as load:
         output = playbook("rolling-restart.yml", tmp_path)
     sent, duplicates, _ = load.report()
     assert sent
     # Each worker failed over to another node when its own drained; none was restarted or crashed.
-    assert {name: main_pid(name, "fetcher-worker") for name in group("celery_workers")} == workers
+    assert worker_pids() == workers
     print(f"rolling restart: {len(duplicates)} tasks executed twice: {sorted(duplicates)[:10]}")
     assert all(main_pid(name, "rabbitmq-server") != pid for name, pid in brokers.items()), "every broker restarted"
     assert output.count("TASK [Drain the node (maintenance mode)]") == len(HOSTS), output[-3000:]
