@@ -58,6 +58,13 @@ def cluster_status(host):
     return json.loads(host.check_output("rabbitmqctl cluster_status --formatter json"))
 
 
+def quorum_queues(host, vhost):
+    """Every quorum queue of a vhost with its members (replicas), as RabbitMQ lists them."""
+    rows = json.loads(host.check_output(f"rabbitmqctl list_queues -p {vhost} name type members online messages "
+                                        "--quiet --formatter json"))
+    return [row for row in rows if row["type"] == "quorum"]
+
+
 def address(host):
     return host.check_output("hostname -i").split()[0]
 

@@ -177,3 +177,23 @@ def test_good_inventory_passes_validation(target, inventory, playbook):
         f"the play stopped before the install step although validation passed; failing tasks {failed}:\n{run.output}"
     )
     assert not run.container_findings, f"a --check run changed container {run.container}: {run.container_findings}"
+
+
+# Occasional nodes and replicas ---------------------------------------------------------------------
+def test_a_cluster_whose_only_disc_node_is_occasional_is_rejected(target, inventory, playbook):
+    inventory.update_host_vars("server", rabbitmq_node_occasional=True)
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that the cluster has a dependable disc node",
+        r"Every disc node of 'rabbitmq' is occasional", r"rabbitmq_node_occasional: false",
+    )
+
+
+def test_more_replicas_than_dependable_nodes_is_rejected(target, inventory, playbook):
+    inventory.update_host_vars("server", rabbitmq_quorum_replicas=3)
+    inventory.update_host_vars("laptop", rabbitmq_quorum_replicas=3, rabbitmq_node_occasional=True)
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check the replica count",
+        r"rabbitmq_quorum_replicas is 3, but 'rabbitmq' has\s+1 dependable node",
+    )

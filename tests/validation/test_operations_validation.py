@@ -28,3 +28,16 @@ def test_a_password_rotation_refuses_a_missing_password_before_changing_anything
     run = playbook(inventory, path=PLAYBOOKS / "rotate-credentials.yml")
     assert run.rc != 0 and "vault_rabbitmq_app_password" in run.output, run.output
     assert "changed=1" not in run.output
+
+
+def test_removing_the_last_dependable_disc_node_is_refused(target, inventory, playbook):
+    run = playbook(inventory, "-e", "node=server", path=PLAYBOOKS / "remove-node.yml")
+    assert_rejected(
+        run, "Check that a dependable disc node remains",
+        r"Nothing was changed: removing server would leave no dependable disc node",
+    )
+
+
+def test_removing_a_node_not_in_the_cluster_is_refused(target, inventory, playbook):
+    run = playbook(inventory, "-e", "node=elsewhere", path=PLAYBOOKS / "remove-node.yml")
+    assert_rejected(run, "Check the node to remove", r"Name the node to remove with -e node=HOST", hosts=("server",))

@@ -4,7 +4,7 @@ import uuid
 import pika.exceptions
 import pytest
 
-from conftest import amqp, cluster_status, host_var, members, nodename
+from conftest import amqp, cluster_status, host_var, members, nodename, quorum_queues
 
 testinfra_hosts = members()
 
@@ -44,7 +44,18 @@ def test_partition_handling_fits_the_cluster_size(host):
     mode = host.check_output(
         "rabbitmqctl eval '{ok, M} = application:get_env(rabbit, cluster_partition_handling), M.'"
     )
-    assert mode == ("pause_minority" if len(members()) >= 3 else "autoheal")
+    occasional = [m for m in members() if host_var(m, "rabbitmq_node_occasional", False)]
+    assert mode == ("pause_minority" if len(members()) >= 3 and not occasional else "autoheal")
+
+
+def test_every_quorum_queue_has_its_replicas_on_dependable_nodes_only(host, app_user):
+    dependable = sorted(nodename(m) for m in members() if not host_var(m, "rabbitmq_node_occasional", False))
+    target = min(len(dependable), 5)
+    target = target - 1 if target >= 3 and target % 2 == 0 else target
+    queues = quorum_queues(host, app_user[2])
+    for queue in queues:
+        assert len(queue["members"]) >= target, f"{queue['name']} has {queue['members']}, wants {target} replicas"
+        assert set(queue["members"]) <= set(dependable), f"{queue['name']} has a replica off {dependable}"
 
 
 def test_management_listens_on_loopback_only(host):

@@ -1,0 +1,135 @@
+#!/usr/bin/python
+"""Place every quorum queue's replicas on the dependable nodes, up to a target count.
+
+DOCUMENTATION is below; the why: a quorum queue keeps the members it was declared with, so a node that
+joins later holds no replica of the older queues, and a node that may be switched off (the write-up's
+laptop) can hold a replica whose absence costs a majority. This module reads every quorum queue of the
+given virtual hosts once (`rabbitmqctl list_queues`), and with RabbitMQ's own commands adds the missing
+replicas first (`rabbitmq-queues grow` when a node needs a replica of every queue lacking one, else
+`add_member` per queue), then removes the replicas on any node that is not eligible (`delete_member`), so a
+queue never has fewer voting members than before at any step. It then reads the queues again and fails,
+naming each queue, if one is still off its target. In check mode it only reports what it would change.
+"""
+
+import collections
+import json
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: rabbitmq_quorum_replicas
+short_description: Grow and shrink quorum queues so their replicas are on the eligible nodes.
+options:
+  vhosts: {type: list, elements: str, required: true, description: Virtual hosts whose quorum queues to place.}
+  nodes: {type: list, elements: str, required: true, description: Eligible nodes, running, in order of preference.}
+  target: {type: int, required: true, description: Replicas per queue (capped at the number of eligible nodes).}
+  timeout: {type: int, default: 120, description: Seconds each RabbitMQ command may take.}
+"""
+
+
+def list_quorum_queues(module, vhost):
+    rc, out, err = module.run_command(
+        ["rabbitmqctl", "list_queues", "-p", vhost, "name", "type", "members", "online", "--quiet", "--formatter", "json"],
+        check_rc=False,
+    )
+    if rc != 0:
+        module.fail_json(msg=f"Could not list the queues of vhost {vhost}: {err.strip() or out.strip()}")
+    return sorted((row for row in json.loads(out or "[]") if row.get("type") == "quorum"), key=lambda r: r["name"])
+
+
+def plan(queues, nodes, target):
+    """(additions {node: [queue]}, removals [(queue, node)]): what puts each queue on its target."""
+    want = min(target, len(nodes))
+    load = collections.Counter(node for queue in queues for node in queue["members"] if node in nodes)
+    additions, removals = collections.defaultdict(list), []
+    for queue in queues:
+        members = set(queue["members"])
+        kept = [node for node in nodes if node in members]
+        candidates = sorted((n for n in nodes if n not in members), key=lambda n: (load[n], nodes.index(n)))
+        added = candidates[: max(0, want - len(kept))]
+        for node in added:
+            additions[node].append(queue["name"])
+            load[node] += 1
+        # Never the last replica: a queue with no eligible member keeps the one it has.
+        if kept or added:
+            removals += [(queue["name"], node) for node in sorted(members - set(nodes))]
+    return dict(additions), removals
+
+
+def without_majority(queues, additions, removals):
+    """Queues that would be left without a majority of their members online once the plan is carried out."""
+    at_risk = []
+    for queue in queues:
+        added = {node for node, names in additions.items() if queue["name"] in names}
+        removed = {node for name, node in removals if name == queue["name"]}
+        after = (set(queue["members"]) - removed) | added
+        online = after & (set(queue.get("online", [])) | added)
+        if (added or removed) and 2 * len(online) <= len(after):
+            at_risk.append(f"{queue['name']} (members after: {', '.join(sorted(after))}; online: "
+                           f"{', '.join(sorted(online)) or 'none'})")
+    return at_risk
+
+
+def rabbitmq(module, timeout, *args):
+    rc, out, err = module.run_command(["rabbitmq-queues", "--timeout", str(timeout), *args], check_rc=False)
+    if rc != 0:
+        module.fail_json(msg=f"rabbitmq-queues {' '.join(args)} failed: {(err or out).strip()}")
+
+
+def apply(module, vhost, queues, additions, removals, timeout):
+    lacking = {node: sorted(q["name"] for q in queues if node not in q["members"]) for node in additions}
+    for node, names in additions.items():
+        if sorted(names) == lacking[node]:
+            # Every queue lacking this node gets a replica there: one command for all of them.
+            rabbitmq(module, timeout, "grow", node, "all", "--vhost-pattern", f"^{re.escape(vhost)}$",
+                     "--queue-pattern", ".*", "--errors-only")
+        else:
+            for name in names:
+                rabbitmq(module, timeout, "add_member", "-p", vhost, name, node)
+    for name, node in removals:
+        rabbitmq(module, timeout, "delete_member", "-p", vhost, name, node)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "vhosts": {"type": "list", "elements": "str", "required": True},
+            "nodes": {"type": "list", "elements": "str", "required": True},
+            "target": {"type": "int", "required": True},
+            "timeout": {"type": "int", "default": 120},
+        },
+        supports_check_mode=True,
+    )
+    vhosts, nodes, target = module.params["vhosts"], module.params["nodes"], module.params["target"]
+    if not nodes or target < 1:
+        module.fail_json(msg=f"No eligible node ({nodes}) or a target below 1 ({target}): nothing can hold a replica.")
+    added, removed, summary, short, plans = [], [], [], [], {}
+    for vhost in vhosts:
+        queues = list_quorum_queues(module, vhost)
+        plans[vhost] = (queues, *plan(queues, nodes, target))
+        at_risk = without_majority(*plans[vhost])
+        if at_risk:
+            module.fail_json(msg=f"Nothing was changed: moving the replicas as asked would leave these quorum queues "
+                                 f"of vhost {vhost} without a majority of their members online: {'; '.join(at_risk)}. "
+                                 f"Bring their other members' nodes back first.")
+    for vhost in vhosts:
+        queues, additions, removals = plans[vhost]
+        added += [{"vhost": vhost, "queue": q, "node": n} for n, names in additions.items() for q in names]
+        removed += [{"vhost": vhost, "queue": q, "node": n} for q, n in removals]
+        if (additions or removals) and not module.check_mode:
+            apply(module, vhost, queues, additions, removals, module.params["timeout"])
+            queues = list_quorum_queues(module, vhost)
+            left = plan(queues, nodes, target)
+            short += [f"{vhost}/{q} needs a replica on {n}" for n, names in left[0].items() for q in names]
+            short += [f"{vhost}/{q} still has a replica on {n}" for q, n in left[1]]
+        summary.append(f"{vhost}: {len(queues)} quorum queue(s), {min(target, len(nodes))} replica(s) each, "
+                       f"among {', '.join(sorted(nodes))}")
+    if short:
+        module.fail_json(msg="Quorum queues off their replica target after the change: " + "; ".join(short),
+                         added=added, removed=removed)
+    module.exit_json(changed=bool(added or removed), added=added, removed=removed, summary=summary)
+
+
+if __name__ == "__main__":
+    main()
