@@ -12,6 +12,8 @@ The choices that make delivery reliable live here, each with its reason:
   dead-letters it to the dead-letter queue where it stays visible.
 - Cancel long-running tasks on connection loss: their messages will be redelivered, so finishing them
   here too would run them twice.
+- Beat's scheduler sends only while it holds the beat lock on the cluster (`fetcher.beat`), so a second
+  beat (an old host back with its unit still enabled) sends nothing.
 """
 
 from typing import Any
@@ -65,4 +67,6 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "beat_schedule": beat_schedule(settings.schedule),
+        # Celery's PersistentScheduler (`--schedule FILE`) behind the beat lock; the unit needs no --scheduler.
+        "beat_scheduler": "fetcher.beat:LockedScheduler",
     }
