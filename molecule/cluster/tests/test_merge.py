@@ -41,6 +41,7 @@ def test_a_second_cluster_with_data_is_refused_with_nothing_changed(host, tmp_pa
     assert refused.returncode != 0, said[-3000:]
     assert "separate RabbitMQ clusters that each have queues" in said, said[-3000:]
     assert "Nothing was changed" in said, said[-3000:]
+    assert f"rabbit@{foreign}: 1 queues" in said, said[-3000:]
     recap = dict(re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", refused.stdout, re.MULTILINE))
     assert set(recap.values()) == {"0"}, f"hosts changed before the refusal: {recap}"
     assert "foreign-work" in host.check_output("rabbitmqctl list_queues -p myvhost name --quiet")
