@@ -442,11 +442,17 @@ def test_a_failing_connection_clears_the_lock_before_anything_is_logged_then_it_
     assert broker.holder is broker.connections[-1] and lock.held
 
 
-def test_the_lease_lapses_without_answers_and_returns_with_them_on_the_same_hold(new_lock, broker, caplog):
+def held_on_a_fake_clock(new_lock):
+    """A started lock that holds, and the fake clock it reads."""
     clock = FakeClock()
     lock = new_lock(clock)
     lock.start()
     assert lock.wait(5)
+    return lock, clock
+
+
+def test_the_lease_lapses_without_answers_and_returns_with_them_on_the_same_hold(new_lock, broker, caplog):
+    lock, clock = held_on_a_fake_clock(new_lock)
 
     broker.answers = False
     clock.now += LOCK_HEARTBEAT - 1
@@ -472,10 +478,7 @@ def test_stop_ends_the_thread(new_lock):
 
 
 def test_a_connection_that_stays_silent_is_given_up_for_a_new_one(new_lock, broker, caplog):
-    clock = FakeClock()
-    lock = new_lock(clock)
-    lock.start()
-    assert lock.wait(5)
+    lock, clock = held_on_a_fake_clock(new_lock)
     broker.answers = False
 
     clock.now += 3 * LOCK_HEARTBEAT - 1
