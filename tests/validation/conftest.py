@@ -237,7 +237,7 @@ def playbook():
     def _run(inventory, *args, path=PLAYBOOK):
         completed = subprocess.run(
             ["ansible-playbook", "-i", str(inventory.hosts), str(path), *args],
-            cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180,
+            cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         )
         return PlaybookRun(completed)
     return _run
