@@ -6,9 +6,10 @@ Run on a server with the app's virtualenv and configuration, in the background:
 
 Task ids are RUN-0, RUN-1, ..., sent round-robin to the queues given (each a host's own). A task counts as
 sent once the broker has confirmed it (the app publishes with confirms); it is then written to DIR/sent,
-one id a line. A publish that fails (every node down, a node drained) is tried again, with the same id,
-until it is confirmed or the run is told to stop (DIR/stop exists): then that id goes to DIR/unconfirmed,
-since the broker may still have it. Failures go to DIR/errors. DIR/done marks the end.
+one id a line, and to DIR/confirmed with the time of its confirm (`EPOCH-SECONDS ID`), so a test can
+measure how long publishing waited. A publish that fails (every node down, a node drained) is tried again,
+with the same id, until it is confirmed or the run is told to stop (DIR/stop exists): then that id goes to
+DIR/unconfirmed, since the broker may still have it. Failures go to DIR/errors. DIR/done marks the end.
 """
 
 import itertools
@@ -25,7 +26,11 @@ RATE = 5.0
 
 def main(run: str, folder: Path, queues: list[str]) -> None:
     stop = folder / "stop"
-    with open(folder / "sent", "a", buffering=1) as sent, open(folder / "errors", "a", buffering=1) as errors:
+    with (
+        open(folder / "sent", "a", buffering=1) as sent,
+        open(folder / "confirmed", "a", buffering=1) as confirmed,
+        open(folder / "errors", "a", buffering=1) as errors,
+    ):
         for number, queue in zip(itertools.count(), itertools.cycle(queues)):
             if stop.exists():
                 break
@@ -39,6 +44,7 @@ def main(run: str, folder: Path, queues: list[str]) -> None:
                             (number, 1), task_id=task_id, queue=queue, producer=producer, ignore_result=True
                         )
                     sent.write(f"{task_id}\n")
+                    confirmed.write(f"{time.time():.3f} {task_id}\n")
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure: note it, try again
                     errors.write(f"{time.time():.1f} {task_id}: {exc!r}\n")

@@ -7,7 +7,9 @@ laptop) can hold a replica whose absence costs a majority. This module reads eve
 given virtual hosts once (`rabbitmqctl list_queues`), and with RabbitMQ's own commands adds the missing
 replicas first (`rabbitmq-queues grow` when a node needs a replica of every queue lacking one, else
 `add_member` per queue), then removes the replicas on any node that is not eligible (`delete_member`), so a
-queue never has fewer voting members than before at any step. It then reads the queues again and fails,
+queue never has fewer voting members than before at any step. A dependable node that is only stopped keeps
+its replicas (counted offline): it is not leaving, and the plan is refused if that leaves a queue without a
+majority online. It then reads the queues again and fails,
 naming each queue, if one is still off its target. In check mode it only reports what it would change.
 """
 
@@ -24,6 +26,7 @@ options:
   vhosts: {type: list, elements: str, required: true, description: Virtual hosts whose quorum queues to place.}
   nodes: {type: list, elements: str, required: true, description: Eligible nodes, running, in order of preference.}
   target: {type: int, required: true, description: Replicas per queue (capped at the number of eligible nodes).}
+  stopped: {type: list, elements: str, default: [], description: Eligible nodes not running now (their replicas stay).}
   timeout: {type: int, default: 120, description: Seconds each RabbitMQ command may take.}
 """
 
@@ -38,14 +41,15 @@ def list_quorum_queues(module, vhost):
     return sorted((row for row in json.loads(out or "[]") if row.get("type") == "quorum"), key=lambda r: r["name"])
 
 
-def plan(queues, nodes, target):
-    """(additions {node: [queue]}, removals [(queue, node)]): what puts each queue on its target."""
-    want = min(target, len(nodes))
+def plan(queues, nodes, target, stopped=()):
+    """(additions {node: [queue]}, removals [(queue, node)]): what puts each queue on its target. Replicas on
+    the stopped nodes stay and count towards it; none is added there."""
+    want = min(target, len(nodes) + len(stopped))
     load = collections.Counter(node for queue in queues for node in queue["members"] if node in nodes)
     additions, removals = collections.defaultdict(list), []
     for queue in queues:
         members = set(queue["members"])
-        kept = [node for node in nodes if node in members]
+        kept = [node for node in [*nodes, *stopped] if node in members]
         candidates = sorted((n for n in nodes if n not in members), key=lambda n: (load[n], nodes.index(n)))
         added = candidates[: max(0, want - len(kept))]
         for node in added:
@@ -53,7 +57,7 @@ def plan(queues, nodes, target):
             load[node] += 1
         # Never the last replica: a queue with no eligible member keeps the one it has.
         if kept or added:
-            removals += [(queue["name"], node) for node in sorted(members - set(nodes))]
+            removals += [(queue["name"], node) for node in sorted(members - set(nodes) - set(stopped))]
     return dict(additions), removals
 
 
@@ -97,17 +101,19 @@ def main():
             "vhosts": {"type": "list", "elements": "str", "required": True},
             "nodes": {"type": "list", "elements": "str", "required": True},
             "target": {"type": "int", "required": True},
+            "stopped": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "int", "default": 120},
         },
         supports_check_mode=True,
     )
     vhosts, nodes, target = module.params["vhosts"], module.params["nodes"], module.params["target"]
+    stopped = [node for node in module.params["stopped"] if node not in nodes]
     if not nodes or target < 1:
         module.fail_json(msg=f"No eligible node ({nodes}) or a target below 1 ({target}): nothing can hold a replica.")
     added, removed, summary, short, plans = [], [], [], [], {}
     for vhost in vhosts:
         queues = list_quorum_queues(module, vhost)
-        plans[vhost] = (queues, *plan(queues, nodes, target))
+        plans[vhost] = (queues, *plan(queues, nodes, target, stopped))
         at_risk = without_majority(*plans[vhost])
         if at_risk:
             module.fail_json(msg=f"Nothing was changed: moving the replicas as asked would leave these quorum queues "
@@ -120,7 +126,7 @@ def main():
         if (additions or removals) and not module.check_mode:
             apply(module, vhost, queues, additions, removals, module.params["timeout"])
             queues = list_quorum_queues(module, vhost)
-            left = plan(queues, nodes, target)
+            left = plan(queues, nodes, target, stopped)
             short += [f"{vhost}/{q} needs a replica on {n}" for n, names in left[0].items() for q in names]
             short += [f"{vhost}/{q} still has a replica on {n}" for q, n in left[1]]
         summary.append(f"{vhost}: {len(queues)} quorum queue(s), {min(target, len(nodes))} replica(s) each, "
