@@ -6,9 +6,11 @@ real Celery tasks, each counted once the broker confirmed it, and every confirme
 (counted by task id in the workers' logs). The tests run in file order, each on the cluster the previous one
 left: converge built lc-delta alone.
 """
+import atexit
 import collections
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -30,6 +32,7 @@ GAP_BOUND = 60
 # The inventory's groups as the operator keeps them, changed step by step (converge: lc-delta alone).
 INVENTORY = {"rabbitmq": [DELTA], "rabbitmq_occasional": [], "celery_workers": [DELTA], "celery_beat": [DELTA]}
 FOLDER = Path(tempfile.mkdtemp(prefix="lifecycle-inventory-"))
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 
 
 def write_inventory():
