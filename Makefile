@@ -27,8 +27,9 @@ lint: setup
 	yamllint --strict .
 	ansible-lint --offline
 
-bench: setup  ## Converge timings against a bare install; task throughput against raw AMQP; API allowance use
+bench: setup  ## Converge timings against a bare install; failover and replica move; task throughput against raw AMQP; API allowance use
 	bench/cluster-converge
+	bench/failover
 	bench/app-throughput
 	molecule destroy --scenario-name app
 	bench/quota-usage

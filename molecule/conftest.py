@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import re
 import time
 import uuid
 
@@ -120,6 +121,13 @@ def queue_depths(host, vhost):
     """Ready plus unacknowledged messages per queue of a vhost."""
     rows = json.loads(host.check_output(f"rabbitmqctl list_queues -p {vhost} name messages --quiet --formatter json"))
     return {row["name"]: row["messages"] for row in rows}
+
+
+def beat_sends(name, log, entry):
+    """Epoch seconds of each send of one schedule entry, from a beat log on a host."""
+    lines = node(name).run(f"grep -h 'Sending due task {entry} ' {log}").stdout.splitlines()
+    stamps = [re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)[1] for line in lines]
+    return [int(node(name).check_output(f"date -u -d '{stamp}' +%s")) for stamp in stamps]
 
 
 def set_workers(state):

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import FETCHER, BackgroundDemo, demo, group, node, queue_depths, set_workers, wait_for
+from conftest import FETCHER, BackgroundDemo, beat_sends, demo, group, node, queue_depths, set_workers, wait_for
 
 testinfra_hosts = group("celery_workers")
 WORKERS = group("celery_workers")
@@ -118,19 +118,12 @@ def test_a_task_that_fails_for_good_is_dead_lettered_not_dropped(app_user):
              "the failed task to reach the dead-letter queue")
 
 
-def beat_sends(name, log):
-    """Epoch seconds of each fan-out send in a beat log on a host."""
-    lines = node(name).run(f"grep -h 'Sending due task fan-out' {log}").stdout.splitlines()
-    stamps = [re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)[1] for line in lines]
-    return [int(node(name).check_output(f"date -u -d '{stamp}' +%s")) for stamp in stamps]
-
-
 def test_a_second_beat_sends_nothing_until_the_first_lets_go():
     """Two beats: the one without the lock waits and sends nothing; it takes over when the first stops, and
     no entry is sent twice within its period at any point (beat's send times in both logs, merged)."""
     first = next(name for name in WORKERS if node(name).service("fetcher-beat").is_running)
     second = next(name for name in WORKERS if name != first)
-    period = 10  # fan-out-to-laptop, every 10 s on the test bed
+    period, entry = 10, "fan-out-to-laptop"  # every 10 s on the test bed
     beat_toml = node(first).file("/etc/fetcher/beat.toml").content_string
     node(second).check_output(f"cat > /tmp/beat2.toml <<'EOF'\n{beat_toml}\nEOF")
     log = "/tmp/beat2.log"
@@ -141,23 +134,23 @@ def test_a_second_beat_sends_nothing_until_the_first_lets_go():
     try:
         wait_for(lambda: "another beat holds the lock" in node(second).file(log).content_string, 60,
                  "the second beat to see the lock held")
-        sent_before = len(beat_sends(first, "/var/log/fetcher/beat.log"))
-        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log")) >= sent_before + 2, 60,
+        sent_before = len(beat_sends(first, "/var/log/fetcher/beat.log", entry))
+        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= sent_before + 2, 60,
                  "the first beat to go on sending")
-        assert beat_sends(second, log) == [], "the second beat sent without the lock"
+        assert beat_sends(second, log, entry) == [], "the second beat sent without the lock"
         node(first).check_output("systemctl stop fetcher-beat")
-        wait_for(lambda: len(beat_sends(second, log)) >= 2, 120, "the second beat to take the lock and send")
+        wait_for(lambda: len(beat_sends(second, log, entry)) >= 2, 120, "the second beat to take the lock and send")
         node(first).check_output("systemctl start fetcher-beat")
         wait_for(lambda: "another beat holds the lock" in node(first).run(
             "tail -n 20 /var/log/fetcher/beat.log").stdout, 60, "the restarted first beat to wait for the lock")
         node(second).check_output(f"kill $(cat /tmp/beat2.pid)")
-        taken_back = len(beat_sends(first, "/var/log/fetcher/beat.log"))
-        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log")) >= taken_back + 2, 120,
+        taken_back = len(beat_sends(first, "/var/log/fetcher/beat.log", entry))
+        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= taken_back + 2, 120,
                  "the first beat to take the lock back and send")
     finally:
         node(second).run("kill $(cat /tmp/beat2.pid) 2>/dev/null")
         node(first).check_output("systemctl start fetcher-beat")
-    sends = sorted(beat_sends(first, "/var/log/fetcher/beat.log") + beat_sends(second, log))
+    sends = sorted(beat_sends(first, "/var/log/fetcher/beat.log", entry) + beat_sends(second, log, entry))
     gaps = [later - earlier for earlier, later in zip(sends, sends[1:])]
     # Log times are whole seconds: one period is at least period - 1 apart as logged.
     assert min(gaps) >= period - 1, f"fan-out sent twice within {period} s: sends at {sends}"

@@ -8,6 +8,7 @@ left: converge built lc-delta alone.
 """
 import atexit
 import collections
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import FETCHER, cluster_status, node, nodename, queue_depths, quorum_queues, wait_for
+from conftest import FETCHER, beat_sends, cluster_status, node, nodename, queue_depths, quorum_queues, wait_for
 
 PROJECT = Path(__file__).resolve().parents[3]
 PUBLISHER = PROJECT / "molecule/resources/load/publish.py"
@@ -29,6 +30,11 @@ DELTA, ALPHA, CHARLIE, BRAVO = "lc-delta", "lc-alpha", "lc-charlie", "lc-bravo"
 WORKERS = [ALPHA, DELTA]
 # The longest a publisher may wait for a confirm while a node is down or off.
 GAP_BOUND = 60
+# From the beat move on, beat sends one entry every TICK_PERIOD seconds (none before: the counts above stay clear).
+TICK, TICK_PERIOD = "lc-tick", 10
+TICK_SCHEDULE = ["-e", json.dumps({"celery_beat_schedule": [
+    {"name": TICK, "task": "fetcher.tasks.add", "every": TICK_PERIOD, "args": [1, 1]}]})]
+BEAT_LOG = "/var/log/fetcher/beat.log"
 # The inventory's groups as the operator keeps them, changed step by step (converge: lc-delta alone).
 INVENTORY = {"rabbitmq": [DELTA], "rabbitmq_occasional": [], "celery_workers": [DELTA], "celery_beat": [DELTA]}
 FOLDER = Path(tempfile.mkdtemp(prefix="lifecycle-inventory-"))
@@ -279,10 +285,14 @@ def test_two_nodes_one_occasional_and_switched_off_keep_taking_and_running_tasks
         playbook("playbooks/remove-node.yml", "-e", f"node={CHARLIE}")
         INVENTORY["rabbitmq"].remove(CHARLIE)
         INVENTORY["rabbitmq_occasional"].append(ALPHA)
-        playbook("site.yml")
+        # Beat moves to the occasional node too: the next test moves it back while that node is off.
+        INVENTORY["celery_beat"] = [ALPHA]
+        playbook("site.yml", *TICK_SCHEDULE)
     load.report(f"{CHARLIE} removed, then {ALPHA} made occasional")
     # One dependable node: one replica each, none on the occasional node.
     check_replicas(1)
+    assert not node(DELTA).service("fetcher-beat").is_running
+    wait_for(lambda: len(beat_sends(ALPHA, BEAT_LOG, TICK)) >= 2, 60, f"beat on {ALPHA} to send {TICK}")
 
     with Load(DELTA, [DELTA]) as load:
         off = time.time()
@@ -293,3 +303,35 @@ def test_two_nodes_one_occasional_and_switched_off_keep_taking_and_running_tasks
     print(f"{ALPHA} switched off: the longest wait for a confirm was {gap:.1f} s")
     assert gap < GAP_BOUND
     assert cluster_status(node(DELTA))["running_nodes"] == [nodename(DELTA)]
+
+
+def test_beat_moves_in_one_run_while_its_old_host_is_off_and_the_old_beat_never_sends_when_back():
+    """lc-alpha, beat's host, is off: site.yml moves beat to lc-delta, leaving lc-alpha out with a message.
+    When lc-alpha boots, its beat (still enabled there) starts but sends nothing, since lc-delta's beat holds
+    the lock; the next run stops it. No send of the entry, over both logs, is within one period of another."""
+    INVENTORY["celery_beat"] = [DELTA]
+    done = playbook("site.yml", *TICK_SCHEDULE)
+    assert f"Not answering, left out of this run: {ALPHA}." in done.stdout, done.stdout[-3000:]
+    assert all(counts.get("unreachable", 0) == 0 and counts["failed"] == 0 for counts in recap(done.stdout).values())
+    assert node(DELTA).service("fetcher-beat").is_running
+    wait_for(lambda: len(beat_sends(DELTA, BEAT_LOG, TICK)) >= 2, 60, f"beat on {DELTA} to send {TICK}")
+
+    docker("start", ALPHA)
+    alpha = node(ALPHA)
+    wait_for(lambda: alpha.run(f"tail -n 20 {BEAT_LOG}").stdout.count("another beat holds the lock") > 0, 180,
+             f"the old beat on {ALPHA}, started at boot, to find the lock held")
+    booted = int(alpha.check_output("date +%s"))
+    # While both beats run, only lc-delta's sends: three periods of it.
+    goal = len(beat_sends(DELTA, BEAT_LOG, TICK)) + 3
+    wait_for(lambda: len(beat_sends(DELTA, BEAT_LOG, TICK)) >= goal, 60, f"beat on {DELTA} to go on sending")
+    assert [t for t in beat_sends(ALPHA, BEAT_LOG, TICK) if t >= booted] == [], f"the old beat on {ALPHA} sent"
+
+    whole(DELTA)
+    again = playbook("site.yml", *TICK_SCHEDULE)
+    assert "Not answering" not in again.stdout
+    assert not alpha.service("fetcher-beat").is_running and not alpha.service("fetcher-beat").is_enabled
+    sends = sorted(beat_sends(ALPHA, BEAT_LOG, TICK) + beat_sends(DELTA, BEAT_LOG, TICK))
+    gaps = [later - earlier for earlier, later in zip(sends, sends[1:])]
+    print(f"beat moved with {ALPHA} off: {len(sends)} sends of {TICK} over both hosts, shortest gap {min(gaps)} s")
+    # Log times are whole seconds: one period is at least TICK_PERIOD - 1 apart as logged.
+    assert min(gaps) >= TICK_PERIOD - 1, f"{TICK} sent twice within {TICK_PERIOD} s: sends at {sends}"
