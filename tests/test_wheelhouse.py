@@ -1,0 +1,104 @@
+"""roles/celery_worker/files/wheelhouse.py: the controller's wheelhouse, built once per release and reused.
+
+The build itself (python -m build, pip download) runs in every scenario's converge; these tests replace it
+with one that writes a wheel, and pin what decides a rebuild, what is reused and what is kept.
+"""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "celery_worker" / "files" / "wheelhouse.py"
+spec = importlib.util.spec_from_file_location("wheelhouse", SCRIPT)
+wheelhouse = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wheelhouse)
+
+PLATFORMS = ["manylinux2014_x86_64", "any"]
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Every build as (source, python version, platforms); each writes a wheel holding the app's version."""
+    done = []
+
+    def build(source, python_version, platforms, into):
+        into.mkdir()
+        version = (source / "VERSION").read_text().strip()
+        (into / f"fetcher-{version}-py3-none-any.whl").write_bytes(f"wheel {version}".encode())
+        done.append((source, python_version, platforms))
+
+    monkeypatch.setattr(wheelhouse, "build", build)
+    return done
+
+
+@pytest.fixture
+def source(tmp_path):
+    app = tmp_path / "app"
+    (app / "src" / "fetcher").mkdir(parents=True)
+    (app / "src" / "fetcher" / "tasks.py").write_text("def add(x, y):\n    return x + y\n")
+    (app / "requirements.txt").write_text("celery==5.7.0\n")
+    (app / "VERSION").write_text("0.1.0\n")
+    return app
+
+
+def test_an_unchanged_release_is_built_once_and_then_reused(tmp_path, source, builds):
+    first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    again = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    assert first["built"] and not again["built"]
+    assert len(builds) == 1
+    assert {key: again[key] for key in ("path", "wheel", "checksum")} == {
+        key: first[key] for key in ("path", "wheel", "checksum")}
+    assert first["wheel"] == "fetcher-0.1.0-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("change", [
+    lambda app: (app / "src" / "fetcher" / "tasks.py").write_text("def add(x, y):\n    return y + x\n"),
+    lambda app: (app / "requirements.txt").write_text("celery==5.7.1\n"),
+    lambda app: (app / "src" / "fetcher" / "new.py").write_text(""),
+], ids=["code", "requirements", "new file"])
+def test_a_changed_source_is_a_new_release(tmp_path, source, builds, change):
+    first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    change(source)
+    second = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    assert second["built"] and second["path"] != first["path"]
+
+
+def test_another_python_or_platform_is_a_new_release(tmp_path, source, builds):
+    base = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)["path"]
+    assert wheelhouse.main(tmp_path / "cache", source, "3.13", PLATFORMS)["path"] != base
+    assert wheelhouse.main(tmp_path / "cache", source, "3.11", ["manylinux2014_aarch64"])["path"] != base
+    assert [python for _, python, _ in builds] == ["3.11", "3.13", "3.11"]
+
+
+def test_build_output_and_caches_do_not_make_a_new_release(tmp_path, source, builds):
+    first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    for folder in ("build", "dist", "__pycache__", "src/fetcher.egg-info", ".pytest_cache"):
+        (source / folder).mkdir(parents=True, exist_ok=True)
+        (source / folder / "junk").write_text("anything")
+    assert not wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)["built"]
+    assert len(builds) == 1, first
+
+
+def test_the_newest_three_releases_are_kept(tmp_path, source, builds):
+    cache = tmp_path / "cache"
+    paths = []
+    for number in range(5):
+        (source / "src" / "fetcher" / "tasks.py").write_text(f"RELEASE = {number}\n")
+        paths.append(wheelhouse.main(cache, source, "3.11", PLATFORMS)["path"])
+        # File times may be coarse: make each release visibly newer than the one before.
+        os.utime(paths[-1], (1_000_000 + number, 1_000_000 + number))
+    kept = sorted(str(path) for path in cache.iterdir())
+    assert kept == sorted(paths[-3:])
+
+
+def test_a_build_cut_short_is_never_reused(tmp_path, source, monkeypatch):
+    def broken(source, python_version, platforms, into):
+        into.mkdir()
+        (into / "fetcher-0.1.0-py3-none-any.whl").write_bytes(b"half")
+        raise RuntimeError("pip download failed")
+
+    monkeypatch.setattr(wheelhouse, "build", broken)
+    with pytest.raises(RuntimeError):
+        wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    assert list((tmp_path / "cache").iterdir()) == []
