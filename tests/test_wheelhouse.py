@@ -102,3 +102,20 @@ def test_a_build_cut_short_is_never_reused(tmp_path, source, monkeypatch):
     with pytest.raises(RuntimeError):
         wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_two_runs_building_the_same_release_at_once_both_succeed(tmp_path, source, monkeypatch):
+    """The other run renames its folder into place first; this one's rename fails, and it uses that one."""
+    cache = tmp_path / "cache"
+    release = cache / wheelhouse.digest(source, "3.11", PLATFORMS)
+
+    def build_while_another_finishes(source, python_version, platforms, into):
+        into.mkdir()
+        (into / "fetcher-0.1.0-py3-none-any.whl").write_bytes(b"wheel 0.1.0")
+        release.mkdir()
+        (release / "fetcher-0.1.0-py3-none-any.whl").write_bytes(b"wheel 0.1.0")
+
+    monkeypatch.setattr(wheelhouse, "build", build_while_another_finishes)
+    result = wheelhouse.main(cache, source, "3.11", PLATFORMS)
+    assert result["path"] == str(release) and result["wheel"] == "fetcher-0.1.0-py3-none-any.whl"
+    assert [path.name for path in cache.iterdir()] == [release.name]

@@ -6,7 +6,8 @@ A release is the app's source tree (every file but build output and caches), its
 the hosts' Python version and platforms. Its digest names a folder under CACHE holding the app's wheel and
 every pinned dependency, downloaded for the hosts' Python and platforms. When that folder exists the run
 reuses it: no build and no download, so a run that changes nothing stays off the package index. A new
-release is built in a temporary folder and renamed into place, so a build cut short is never reused. The
+release is built in a temporary folder and renamed into place, so a build cut short is never reused, and
+two runs building the same release at once both end with one complete folder. The
 newest three releases are kept. Prints JSON: {"path", "wheel", "checksum", "built"}.
 """
 import hashlib
@@ -52,7 +53,12 @@ def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -
     if built:
         with tempfile.TemporaryDirectory(dir=cache, prefix=".building-") as scratch:
             build(source, python_version, platforms, Path(scratch, "wheelhouse"))
-            os.rename(Path(scratch, "wheelhouse"), release)
+            try:
+                os.rename(Path(scratch, "wheelhouse"), release)
+            except OSError:
+                # Another run (a play beside this one) built the same release meanwhile: use that one.
+                if not release.is_dir():
+                    raise
     release.touch()  # the newest used release is kept longest
     for old in sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
                       key=lambda p: p.stat().st_mtime, reverse=True)[KEPT:]:
