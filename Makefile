@@ -4,18 +4,24 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup image up down test lint bench
 
-setup: $(VENV)/.installed  ## Docker engine, toolchain and test-bed image
+setup:  ## Docker engine, then the toolchain and the test-bed image side by side
 	scripts/ensure-docker
+	$(MAKE) --no-print-directory -j2 $(VENV)/.installed image
+
+image:  ## The test-bed images (Debian 13 and 12), built from Debian's packages when missing or stale
 	molecule/resources/image/build
 
+# uv installs the pinned toolchain in a fraction of pip's time; pip does it where uv cannot (its download
+# or the index fails), so the result is the same pins either way.
 $(VENV)/.installed: requirements.txt app/requirements.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet uv==0.9.5 \
+	  && $(VENV)/bin/uv pip install --quiet --native-tls --python $(VENV)/bin/python -r requirements.txt \
+	  || $(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-up: setup  ## Local test bed: containers `server` and `laptop`, then site.yml on them
-	molecule converge --scenario-name default
+up:  ## Local test bed: image and toolchain side by side, containers `server` and `laptop`, site.yml, the demo
+	scripts/up
 
 down:  ## Remove the local test bed
 	molecule destroy --scenario-name default
@@ -29,6 +35,7 @@ lint: setup
 
 bench: setup  ## Converge timings against a bare install; failover and replica move; task throughput against raw AMQP; API allowance use
 	bench/cluster-converge
+	bench/speed
 	bench/failover
 	bench/app-throughput
 	molecule destroy --scenario-name app

@@ -1,10 +1,12 @@
 """Helpers shared by every scenario's testinfra tests: the Molecule inventory and a real AMQP client."""
+import collections
 import functools
 import json
 import os
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pika
 import pytest
@@ -115,6 +117,63 @@ class BackgroundDemo:
         rc = self.host.file(f"{self.path}.rc").content_string.strip()
         assert rc == "0", f"demo failed ({rc}): {self.host.file(f'{self.path}.err').content_string}"
         return json.loads(self.host.file(f"{self.path}.json").content_string)
+
+
+class Publisher:
+    """molecule/resources/load/publish.py on one server, sending `add` tasks round-robin to the given queues
+    with the configuration the server has when it starts (so with the broker it names then)."""
+
+    script = Path(__file__).resolve().parent / "resources" / "load" / "publish.py"
+
+    def __init__(self, name, queues):
+        self.host, self.run = node(name), f"load-{uuid.uuid4().hex[:8]}"
+        self.folder = f"/tmp/{self.run}"
+        self.host.check_output(f"mkdir -p {self.folder}")
+        self.host.ansible("copy", f"src={self.script} dest={self.folder}/publish.py mode=0644", check=False)
+        self.host.check_output(
+            f"setsid -f sh -c '{FETCHER}/python {self.folder}/publish.py {self.run} {self.folder} {' '.join(queues)} "
+            f">{self.folder}/out 2>&1'"
+        )
+
+    def sent(self):
+        """The ids of the tasks the broker confirmed."""
+        sent = self.host.file(f"{self.folder}/sent")
+        return sent.content_string.split() if sent.exists else []
+
+    def __enter__(self):
+        wait_for(lambda: len(self.sent()) >= 10, 120, "the publisher to get going")
+        return self
+
+    def __exit__(self, *exc):
+        self.host.check_output(f"touch {self.folder}/stop")
+        wait_for(lambda: self.host.file(f"{self.folder}/done").exists, 180, "the publisher to stop")
+
+    def executed(self, workers):
+        """How many times each task id of this run succeeded, over the given workers' logs."""
+        counts = collections.Counter()
+        for name in workers:
+            found = node(name).run(
+                f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
+            ).stdout
+            counts.update(re.findall(rf"\[({self.run}-\d+)\]", found))
+        return counts
+
+    def report(self, what, workers, timeout=300):
+        """Wait until every confirmed task ran on one of the workers; return (sent, duplicates)."""
+        sent = self.sent()
+        wait_for(lambda: not set(sent) - set(self.executed(workers)), timeout,
+                 f"all {len(sent)} confirmed tasks of {self.run} to be executed")
+        duplicates = {task: n for task, n in self.executed(workers).items() if n > 1}
+        errors = self.host.file(f"{self.folder}/errors").content_string.splitlines()
+        print(f"{what}: {len(sent)} tasks sent and executed ({self.run}), 0 lost, {len(duplicates)} executed "
+              f"twice, {len(errors)} publish attempts retried")
+        return sent, duplicates
+
+
+def unit_enabled(host, unit):
+    """Whether a systemd unit is enabled; a unit whose file is gone is not (systemd 257, Debian 13, says
+    `not-found` with exit code 4 there, which testinfra's is_enabled does not accept)."""
+    return host.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
 
 
 def queue_depths(host, vhost):

@@ -98,3 +98,45 @@ def test_the_report_names_users_and_vhosts_only():
     report = access.describe(steps)
     assert report == {"add_user": ["myuser"], "set_permissions": ["myuser on myvhost"],
                       "clear_permissions": ["myuser on /"]}
+
+
+def test_additions_and_changes_become_one_import_of_salted_hashes_never_a_password():
+    have = definitions(users=[broker_user("myuser", "old-password-123"), broker_user("guest", "guest-password")],
+                       permissions=[granted("guest")])
+    users = [want("myuser", "new-password-123", tags=["monitoring"]), want("admin", "admin-password-1", vhosts=("other",))]
+    steps = access.plan(have, ["myvhost", "other"], users, ["guest"])
+    document = access.import_document(have, steps, users)
+    assert [v["name"] for v in document["vhosts"]] == ["other"]
+    by_name = {user["name"]: user for user in document["users"]}
+    assert sorted(by_name) == ["admin", "myuser"] and by_name["myuser"]["tags"] == "monitoring"
+    for name, password in (("myuser", "new-password-123"), ("admin", "admin-password-1")):
+        assert access.password_matches(password, by_name[name]["password_hash"], by_name[name]["hashing_algorithm"])
+    assert "new-password-123" not in str(document) and "admin-password-1" not in str(document)
+    assert {(p["user"], p["vhost"]) for p in document["permissions"]} == {("myuser", "myvhost"), ("admin", "other")}
+    # Removals are commands of their own, never part of the import.
+    assert "guest" not in str(document)
+
+
+def test_a_tag_change_alone_keeps_the_stored_password_hash():
+    have = definitions(users=[broker_user("myuser", "same-password-1")], permissions=[granted("myuser")])
+    users = [want("myuser", "same-password-1", tags=["management"])]
+    document = access.import_document(have, access.plan(have, ["myvhost"], users, []), users)
+    assert document["users"][0]["password_hash"] == have["users"][0]["password_hash"]
+
+
+def test_the_import_reads_a_private_file_that_is_gone_afterwards():
+    # RabbitMQ 4.0's CLI never finishes reading standard input: the document goes in a file instead.
+    seen = {}
+
+    def rabbitmqctl(*args, stdin=None):
+        path = Path(args[1])
+        seen.update(args=args, stdin=stdin, mode=path.stat().st_mode & 0o777,
+                    folder=path.parent.stat().st_mode & 0o777, document=path.read_text())
+        return 0, "", ""
+
+    document = {"users": [broker_user("myuser", "a-password-here")], "vhosts": [], "permissions": []}
+    assert access.import_definitions(rabbitmqctl, document) == (0, "", "")
+    assert seen["args"][0] == "import_definitions" and seen["args"][2:] == ("--format", "json")
+    assert seen["stdin"] is None and (seen["mode"], seen["folder"]) == (0o600, 0o700)
+    assert access.json.loads(seen["document"]) == document
+    assert not Path(seen["args"][1]).parent.exists()

@@ -80,16 +80,17 @@ def test_build_output_and_caches_do_not_make_a_new_release(tmp_path, source, bui
     assert len(builds) == 1, first
 
 
-def test_the_newest_three_releases_are_kept(tmp_path, source, builds):
+def test_the_newest_releases_are_kept_three_for_each_of_two_pythons(tmp_path, source, builds):
     cache = tmp_path / "cache"
     paths = []
     for number in range(5):
         (source / "src" / "fetcher" / "tasks.py").write_text(f"RELEASE = {number}\n")
-        paths.append(wheelhouse.main(cache, source, "3.11", PLATFORMS)["path"])
-        # File times may be coarse: make each release visibly newer than the one before.
-        os.utime(paths[-1], (1_000_000 + number, 1_000_000 + number))
+        for step, python in enumerate(("3.11", "3.13")):
+            paths.append(wheelhouse.main(cache, source, python, PLATFORMS)["path"])
+            # File times may be coarse: make each release visibly newer than the one before.
+            os.utime(paths[-1], (1_000_000 + 2 * number + step, 1_000_000 + 2 * number + step))
     kept = sorted(str(path) for path in cache.iterdir())
-    assert kept == sorted(paths[-3:])
+    assert kept == sorted(paths[-6:])
 
 
 def test_a_build_cut_short_is_never_reused(tmp_path, source, monkeypatch):
@@ -119,3 +120,15 @@ def test_two_runs_building_the_same_release_at_once_both_succeed(tmp_path, sourc
     result = wheelhouse.main(cache, source, "3.11", PLATFORMS)
     assert result["path"] == str(release) and result["wheel"] == "fetcher-0.1.0-py3-none-any.whl"
     assert [path.name for path in cache.iterdir()] == [release.name]
+
+
+def test_a_release_arrives_as_one_archive_of_its_wheels_and_pinned_requirements(tmp_path, source, builds):
+    import tarfile
+    first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    with tarfile.open(first["archive"]) as tar:
+        assert sorted(tar.getnames()) == ["fetcher-0.1.0-py3-none-any.whl", "requirements.txt"]
+        assert tar.extractfile("requirements.txt").read() == b"celery==5.7.0\n"
+    # A release folder from before archives existed gets its archive on the next run, without a rebuild.
+    os.unlink(first["archive"])
+    again = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
+    assert not again["built"] and again["archive"] == first["archive"] and os.path.isfile(again["archive"])

@@ -116,17 +116,61 @@ def test_a_failing_check_is_logged_and_the_next_one_runs(governed, caplog):
     assert consumer.active == {"server"}
 
 
-def test_a_refused_message_goes_back_only_after_the_consumer_stopped(governed, counter, monkeypatch):
+def refused(consumer, seen):
+    """A QuotaRequest whose task found the allowance spent, recording its acknowledgement."""
+    request = QuotaRequest.__new__(QuotaRequest)
+    request.acknowledged = False
+    request.acknowledge = lambda: seen.append(("ack", set(consumer.active)))
+    request.send_event = lambda *a, **k: None
+    request.id = "a-task-id"
+    return request
+
+
+def test_a_refused_message_goes_back_after_the_consumer_stopped_then_is_acknowledged(governed, counter, monkeypatch):
     step, consumer = governed
     counter.spend_all()
     seen = []
-    monkeypatch.setattr(Request, "on_failure", lambda self, *a, **k: seen.append(set(consumer.active)))
+    monkeypatch.setattr(governor, "return_unrun", lambda request: seen.append(("publish", set(consumer.active))) or 1)
+    monkeypatch.setattr(governor, "task_ready", lambda request: None)
+    monkeypatch.setattr(Request, "on_failure", lambda self, *a, **k: seen.append(("reject", set(consumer.active))))
     monkeypatch.setattr(governor, "_governor", step)
-    request = QuotaRequest.__new__(QuotaRequest)
 
-    request.on_failure(SimpleNamespace(exception=ExceptionWithTraceback(QuotaExhausted("spent"), "tb")))
+    refused(consumer, seen).on_failure(SimpleNamespace(exception=ExceptionWithTraceback(QuotaExhausted("spent"), "tb")))
 
-    assert seen == [{"server"}], "Celery's reject (the requeue) ran with the quota queue already cancelled"
+    # Published again (not rejected: a reject counts against the queue's delivery limit), with the quota
+    # queue already cancelled, and acknowledged only after the broker took the copy.
+    assert seen == [("publish", {"server"}), ("ack", {"server"})]
+
+
+def test_a_message_the_broker_does_not_take_again_is_rejected_back(governed, counter, monkeypatch):
+    step, consumer = governed
+    counter.spend_all()
+    seen = []
+
+    def broker_down(request):
+        raise ConnectionError("no broker")
+
+    monkeypatch.setattr(governor, "return_unrun", broker_down)
+    monkeypatch.setattr(Request, "on_failure", lambda self, *a, **k: seen.append(("reject", set(consumer.active))))
+    monkeypatch.setattr(governor, "_governor", step)
+
+    refused(consumer, seen).on_failure(SimpleNamespace(exception=ExceptionWithTraceback(QuotaExhausted("spent"), "tb")))
+
+    assert seen == [("reject", {"server"})], "returned with Celery's reject-and-requeue: never lost"
+
+
+def test_a_returned_message_is_the_same_task_counting_its_returns(tasks, fetcher_app, broker):
+    tasks.fan_out("laptop_task", numbers=[7])
+    for expected in (1, 2, 3):
+        delivered = broker.default_channel.basic_get("laptop", no_ack=True)
+        message = fetcher_app.app.amqp.TaskConsumer(broker).channel.message_to_python(delivered)
+        request = SimpleNamespace(message=message, task=tasks.fan_out)
+        assert governor.return_unrun(request) == expected
+    again = broker.default_channel.basic_get("laptop", no_ack=True)
+    assert again.headers["task"] == "fetcher.tasks.MyTest" and again.headers[governor.RETURNS_HEADER] == 3
+    assert again.headers["id"] == delivered.headers["id"] and again.body == delivered.body
+    assert again.delivery_info["routing_key"] == "laptop_task"
+    assert broker.default_channel.basic_get("laptop", no_ack=True) is None, "one copy, not one more per return"
 
 
 def test_quota_exhausted_is_a_requeue_that_survives_the_pool_pipe():

@@ -18,7 +18,7 @@ TESTBED = REPO / "inventories" / "testbed"
 VAULT_PASSWORD_FILE = TESTBED / "vault-password"
 PLAYBOOK = REPO / "playbooks" / "rabbitmq.yml"
 VENV_BIN = REPO / ".venv" / "bin"
-IMAGE = "queue-testbed:bookworm"
+IMAGE = "queue-testbed:trixie"  # Debian 13: RabbitMQ 4.0
 CONTAINER = "queue-validation-target"
 HOSTS_MARKER = "RabbitMQ cluster members"
 
@@ -46,7 +46,7 @@ def _start_container():
     run("docker", "rm", "-f", CONTAINER)
     if run("docker", "image", "inspect", IMAGE).returncode != 0:
         # The image can never be pulled: build it locally.
-        run(str(REPO / "molecule" / "resources" / "image" / "build"), check=True, timeout=900)
+        run(str(REPO / "molecule" / "resources" / "image" / "build"), IMAGE.split(":")[1], check=True, timeout=900)
     run(
         "docker", "run", "-d", "--name", CONTAINER, "--hostname", CONTAINER,
         "--cap-add", "SYS_ADMIN", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",

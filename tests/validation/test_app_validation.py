@@ -88,5 +88,6 @@ def test_check_mode_on_fresh_hosts_reports_without_failing(target, inventory, pl
     inventory.celery_groups()
     run = playbook(inventory, "--check", path=SITE)
     assert run.rc == 0 and not run.failed_tasks(), run.output
-    assert "celery_worker : Write the app's configuration" in [name for name, _ in run.tasks()], run.output
+    assert "celery_worker : Write the app's folders, configuration, the worker's unit and log rotation" in [
+        name for name, _ in run.tasks()], run.output
     assert not run.container_findings, run.container_findings

@@ -168,16 +168,18 @@ def test_good_inventory_passes_validation(target, inventory, playbook):
     run = playbook(inventory, "--check")
     ran = [name for name, _ in run.tasks()]
     failed = run.failed_tasks()
-    # The play starts by finding out which hosts answer (roles/reach), then gathers their facts.
+    # The play starts by finding out which hosts answer (roles/reach), gathering their facts as it asks.
     assert ran and ran[0] == "reach : Find out whether this host answers", f"the play did not start:\n{run.output}"
     for task in [ARG_SPEC_TASK] + VALIDATE_TASKS:
         assert any(name.startswith(task) for name in ran), f"validation task {task!r} did not run:\n{run.output}"
         assert not any(name.startswith(task) for name in failed), f"validation task {task!r} failed:\n{run.output}"
     # Past validation: the install step ran (anything failing after it is not about the inventory).
-    assert "rabbitmq : Check which of RabbitMQ's packages are installed already" in ran, (
+    assert "rabbitmq : Read this node's packages, service, cookie, name lookups and cluster" in ran, (
         f"the play stopped before the install step although validation passed; failing tasks {failed}:\n{run.output}"
     )
     assert not run.container_findings, f"a --check run changed container {run.container}: {run.container_findings}"
+    # Debian 13's RabbitMQ 4.0 deprecates RAM nodes, and laptop is one: the play says so once, and goes on.
+    assert len(re.findall(r"WARNING: RAM nodes on\s+RabbitMQ\s+4\.0", run.output)) == 1, run.output
 
 
 # Occasional nodes and replicas ---------------------------------------------------------------------
@@ -197,4 +199,26 @@ def test_more_replicas_than_dependable_nodes_is_rejected(target, inventory, play
     assert_rejected(
         run, "rabbitmq : Check the replica count",
         r"rabbitmq_quorum_replicas is 3, but 'rabbitmq' has\s+1 dependable node",
+    )
+
+
+# RabbitMQ versions ---------------------------------------------------------------------------------
+def test_members_of_different_release_series_are_refused(target, inventory, playbook):
+    inventory.update_host_vars("server", rabbitmq_packages=["rabbitmq-server=3.13.7-1"])
+    inventory.update_host_vars("laptop", rabbitmq_packages=["rabbitmq-server=4.0.5-1"])
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Refuse members of different RabbitMQ release series",
+        r"would run different RabbitMQ\s+release series", r"server\s+3\.13\.7", r"laptop\s+4\.0\.5",
+        r"one\s+series\s+at\s+a\s+time",
+    )
+
+
+def test_a_ram_node_is_refused_where_the_broker_has_none(target, inventory, playbook):
+    for host in ("server", "laptop"):
+        inventory.update_host_vars(host, rabbitmq_packages=["rabbitmq-server=4.3.0-1"])
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Refuse a RAM node where the broker has none any more",
+        r"laptop is a RAM\s+node", r"but\s+RabbitMQ\s+4\.3\.0", r"rabbitmq_node_type:\s+disc",
     )

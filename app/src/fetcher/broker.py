@@ -1,4 +1,4 @@
-"""AMQP URLs for every cluster node, in failover order.
+"""AMQP URLs for every cluster node, in failover order; and a delivered message published again as it came.
 
 Kombu takes a list of URLs and, with its default round-robin strategy, connects to the first and moves to
 the next when a node is unreachable, so the local node (listed first by the template) is preferred and
@@ -16,3 +16,22 @@ def broker_urls(broker: BrokerSettings) -> list[str]:
     credentials = f"{quote(broker.user, safe='')}:{quote(broker.password, safe='')}"
     vhost = quote(broker.vhost, safe="")
     return [f"amqp://{credentials}@{host}/{vhost}" for host in broker.hosts]
+
+
+# The properties a message keeps when it is published again (user_id would have to match the publishing
+# connection's user, so it is left out).
+KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "delivery_mode", "expiration", "message_id",
+                   "timestamp", "type", "app_id")
+
+
+def publish_again(producer, message, exchange: str, routing_key: str, headers: dict | None = None) -> None:
+    """Publish a delivered message again as it came (body, headers, content type and encoding, properties).
+
+    The caller acknowledges the delivered one only after this returns: the app publishes with confirms, so
+    the broker has the copy by then. `headers` replaces the message's own.
+    """
+    properties = {key: message.properties[key] for key in KEPT_PROPERTIES if message.properties.get(key) is not None}
+    producer.publish(message.body, exchange=exchange, routing_key=routing_key,
+                     headers=dict(message.headers or {}) if headers is None else headers,
+                     content_type=message.content_type, content_encoding=message.content_encoding, retry=True,
+                     **properties)

@@ -16,8 +16,13 @@ worker's main process, which owns the broker connection and its consumers:
   consumers and only then rejects the message, so RabbitMQ cannot hand it straight back to this host:
   the message goes to another host, or waits in its queue. Nothing is dropped, and no call is made.
 
-Each returned message counts as a delivery in its quorum queue (`x-delivery-limit`); a host returns at
-most the few messages it had reserved (prefetch 1 per process) each time its allowance runs out.
+A returned message is not rejected back into its queue: a quorum queue counts every such return as a failed
+delivery (`x-delivery-limit`; RabbitMQ 4 sets 20 on every quorum queue), so a task that waited through many
+quota pauses would be dead-lettered although it never failed. It is published again instead, as the same
+message (body, headers and properties, through the exchange and routing key it came by, with a publisher
+confirm), plus a header that counts its returns, and only then is the delivered one acknowledged. If the
+broker does not take the copy, the message is rejected back as before: returned, never lost. A task that
+really fails still counts towards the limit, and is dead-lettered after it.
 """
 
 import logging
@@ -27,10 +32,15 @@ from billiard.einfo import ExceptionWithTraceback
 from celery import bootsteps
 from celery.exceptions import Reject
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 
+from fetcher.broker import publish_again
 from fetcher.quota import QuotaCounter, QuotaStatus, counter_for, utc_time
 
 logger = logging.getLogger("fetcher.quota")
+
+# The header that counts how often a task went back to its queue unrun (see the module's docstring).
+RETURNS_HEADER = "x-fetcher-quota-returns"
 
 # Seconds between two reads of the counter (a paused host also checks at the very moment its window resets).
 CHECK_INTERVAL = 0.5
@@ -142,17 +152,41 @@ def check_now() -> None:
         _governor.check()
 
 
+def return_unrun(request) -> int:
+    """Publish a refused task's message again, as it came, and say how often it has been returned now."""
+    message = request.message
+    headers = dict(message.headers or {})
+    returns = int(headers.get(RETURNS_HEADER, 0)) + 1
+    headers[RETURNS_HEADER] = returns
+    info = message.delivery_info
+    with request.task.app.producer_or_acquire() as producer:
+        publish_again(producer, message, info.get("exchange") or "", info.get("routing_key"), headers)
+    return returns
+
+
 class QuotaRequest(Request):
-    """The request of a task that calls the API: stop consuming before a refused message goes back."""
+    """The request of a task that calls the API: stop consuming, then send a refused message back unrun."""
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
         if isinstance(exc, QuotaExhausted):
-            # The counter says nothing is left: the governor cancels the quota consumers now, before
-            # the reject below sends the message back to the queue.
+            # The counter says nothing is left: the governor cancels the quota consumers now, before the
+            # message goes back, so it goes to another host or waits in its queue.
             check_now()
+            if not self.acknowledged:
+                try:
+                    returns = return_unrun(self)
+                except Exception:  # the reject below returns it all the same, counted as a delivery
+                    logger.exception("Task %s could not be published again; rejecting it back to its queue", self.id)
+                else:
+                    task_ready(self)
+                    self.acknowledge()
+                    self.send_event("task-rejected", requeue=True)
+                    logger.info("Task %s went back to its queue unrun (return %d): the allowance is spent",
+                                self.id, returns)
+                    return None
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_success(self, failed__retval__runtime, **kwargs):

@@ -25,6 +25,34 @@ SEND = (
     "'"
 )
 
+# Takes the one message of the api queue and sends it back unrun TIMES times, each time through the function
+# the worker uses when a task finds the allowance spent (fetcher.governor.return_unrun), then acknowledges it.
+RETURN = (
+    f"{FETCHER}/python -c 'import sys, time, types; from fetcher.app import app; from fetcher import governor\n"
+    "with app.connection_for_write() as connection:\n"
+    "    channel = connection.default_channel\n"
+    "    for _ in range(int(sys.argv[1])):\n"
+    "        deadline, raw = time.time() + 10, None\n"
+    "        while raw is None and time.time() < deadline:\n"
+    "            raw = channel.basic_get(\"api\", no_ack=False)\n"
+    "        message = channel.message_to_python(raw)\n"
+    "        governor.return_unrun(types.SimpleNamespace(message=message, task=types.SimpleNamespace(app=app)))\n"
+    "        message.ack()\n"
+    "'"
+)
+# Rejects the api queue's messages back with requeue, as a plain reject would, until none is left; prints how many.
+REJECT = (
+    f"{FETCHER}/python -c 'import time; from fetcher.app import app\n"
+    "with app.connection_for_write() as connection:\n"
+    "    channel, rejects = connection.default_channel, 0\n"
+    "    while rejects < 50 and (raw := channel.basic_get(\"api\", no_ack=False)) is not None:\n"
+    "        channel.basic_reject(raw.delivery_tag, requeue=True)\n"
+    "        rejects += 1\n"
+    "        time.sleep(0.05)\n"
+    "    print(rejects)\n"
+    "'"
+)
+
 
 def stand_in(path):
     response = requests.get(f"http://{address(node('api'))}:8080{path}", timeout=10)
@@ -171,3 +199,32 @@ def test_a_worker_that_starts_with_api_work_waiting_takes_it(app_user):
     made = calls(run)
     assert len(made) == count and {call["caller"] for call in made} == {"laptop"}
     assert dead(vhost) == dead_before
+
+
+def test_a_task_sent_back_unrun_more_often_than_the_delivery_limit_still_runs_once(app_user):
+    """A quota pause never counts against the queue's delivery limit, while a real reject does."""
+    vhost = app_user[2]
+    limit = host_var("server", "celery_worker_delivery_limit", 5)
+    waiting, failing = f"paused-{uuid.uuid4().hex[:8]}", f"rejected-{uuid.uuid4().hex[:8]}"
+    for name in ("server", "laptop"):
+        node(name).check_output("systemctl stop fetcher-worker")
+    try:
+        wait_for(lambda: queue_depths(node("server"), vhost)["api"] == 0, 30, "the api queue to be empty")
+        dead_before = dead(vhost)
+        # The limit is in force: a message rejected back again and again is dead-lettered after it.
+        send(failing, 1)
+        rejects = int(node("server").check_output(REJECT))
+        assert rejects <= limit + 1, f"rejected {rejects} times and still in its queue (limit {limit})"
+        wait_for(lambda: dead(vhost) == dead_before + 1, 30, "the rejected task to be dead-lettered")
+        # Sent back unrun twice the limit, the way a worker whose allowance is spent does: still waiting.
+        send(waiting, 1)
+        node("server").check_output(f"{RETURN} {2 * limit}")
+        assert queue_depths(node("server"), vhost)["api"] == 1 and dead(vhost) == dead_before + 1
+    finally:
+        for name in ("server", "laptop"):
+            node(name).check_output("systemctl start fetcher-worker")
+    wait_for(lambda: calls(waiting) and queue_depths(node("server"), vhost)["api"] == 0, 2 * WINDOW + 30,
+             "the paused task to run once a worker is back, and the api queue to drain")
+    assert [call["item"] for call in calls(waiting)] == [f"{waiting}-0"], "run exactly once"
+    assert calls(failing) == [], "a dead-lettered task is not run"
+    assert dead(vhost) == dead_before + 1

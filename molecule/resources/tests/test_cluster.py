@@ -1,4 +1,5 @@
 """What an operator relies on from the rabbitmq role, on every member of the cluster."""
+import re
 import uuid
 
 import pika.exceptions
@@ -58,9 +59,39 @@ def test_every_quorum_queue_has_its_replicas_on_dependable_nodes_only(host, app_
         assert set(queue["members"]) <= set(dependable), f"{queue['name']} has a replica off {dependable}"
 
 
+def broker_version(host):
+    return tuple(int(part) for part in host.check_output("rabbitmqctl --silent eval 'rabbit_misc:version().'")
+                 .strip('"').split(".")[:2])
+
+
 def test_management_listens_on_loopback_only(host):
     assert host.socket("tcp://127.0.0.1:15672").is_listening
     assert not host.socket("tcp://0.0.0.0:15672").is_listening
+    if broker_version(host) >= (4, 0):
+        # RabbitMQ 4's metrics endpoint, in place of the management plugin's own collection: loopback too.
+        assert host.socket("tcp://127.0.0.1:15692").is_listening
+        assert not host.socket("tcp://0.0.0.0:15692").is_listening
+
+
+def test_the_broker_logs_no_deprecated_feature_but_a_ram_nodes_own(host):
+    """RabbitMQ 4 logs each deprecated feature a node uses: a node as the role sets it up uses none (the
+    management plugin's metrics collection included), a RAM node only its node type."""
+    name = host.backend.get_hostname()
+    logs = host.check_output("cat /var/log/rabbitmq/*.log")
+    used = set(re.findall(r"Deprecated features: `(\w+)`", logs))
+    allowed = {"ram_node_type"} if host_var(name, "rabbitmq_node_type", "disc") == "ram" else set()
+    assert used <= allowed, f"{name} logs deprecated features in use: {sorted(used - allowed)}"
+
+
+def test_every_stable_feature_flag_is_enabled(host):
+    flags = host.check_output("rabbitmqctl --silent list_feature_flags name state stability").splitlines()
+    off = [line.split()[0] for line in flags if line.split()[1:] == ["disabled", "stable"]]
+    assert off == [], f"stable feature flags not enabled: {off}"
+
+
+def test_broker_and_erlang_packages_are_held(host):
+    held = host.check_output("apt-mark showhold").split()
+    assert {"rabbitmq-server", "erlang-base"} <= set(held), f"held: {held}"
 
 
 def test_app_user_publishes_and_consumes_on_its_vhost(host, app_user):

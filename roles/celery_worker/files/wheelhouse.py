@@ -8,7 +8,9 @@ every pinned dependency, downloaded for the hosts' Python and platforms. When th
 reuses it: no build and no download, so a run that changes nothing stays off the package index. A new
 release is built in a temporary folder and renamed into place, so a build cut short is never reused, and
 two runs building the same release at once both end with one complete folder. The
-newest three releases are kept. Prints JSON: {"path", "wheel", "checksum", "built"}.
+newest six are kept (three releases for each of two Pythons). Each release also has one archive of its wheels and pinned requirements
+(release.tar), so that a host receives it in one transfer instead of one per file.
+Prints JSON: {"path", "archive", "wheel", "checksum", "built"}.
 """
 import hashlib
 import json
@@ -16,11 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
 SKIPPED = {"build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", ".git"}
-KEPT = 3
+KEPT = 6  # three releases for each of two Pythons (Debian 12 and 13 hosts side by side)
 
 
 def digest(source: Path, python_version: str, platforms: list[str]) -> str:
@@ -46,6 +49,21 @@ def build(source: Path, python_version: str, platforms: list[str], into: Path) -
                     *(f"--platform={platform}" for platform in platforms)], **quiet)
 
 
+def archive(release: Path, source: Path) -> Path:
+    """release.tar: the release's wheels and the pinned requirements, written once (atomically) per release."""
+    target = release / "release.tar"
+    if not target.is_file():
+        handle, scratch = tempfile.mkstemp(dir=release, prefix=".release-", suffix=".tar")
+        os.close(handle)
+        with tarfile.open(scratch, "w") as tar:
+            for wheel in sorted(release.glob("*.whl")):
+                tar.add(wheel, arcname=wheel.name)
+            tar.add(source / "requirements.txt", arcname="requirements.txt")
+        os.chmod(scratch, 0o644)
+        os.replace(scratch, target)
+    return target
+
+
 def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     release = cache / digest(source, python_version, platforms)
@@ -67,7 +85,8 @@ def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -
     if len(wheels) != 1:
         sys.exit(f"{release} holds {len(wheels)} fetcher wheels, expected one: delete it and run again")
     checksum = hashlib.sha1(wheels[0].read_bytes()).hexdigest()
-    return {"path": str(release), "wheel": wheels[0].name, "checksum": checksum, "built": built}
+    return {"path": str(release), "archive": str(archive(release, source)), "wheel": wheels[0].name,
+            "checksum": checksum, "built": built}
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 
 DOCUMENTATION is below; the why: a re-run that changes nothing should cost one `rabbitmqctl` call, not one
 per user and per check. This module reads the definitions once (`rabbitmqctl export_definitions`), checks
-each password against its stored salted hash locally, and calls `rabbitmqctl` only for what differs.
-Passwords go to `rabbitmqctl` on standard input, never as arguments (an argument is visible to every user
-of the host in the process list). A user's permissions are exactly the listed ones: permissions on other
+each password against its stored salted hash locally, and applies what differs: every virtual host, user,
+password, tag and permission to add or change in one `rabbitmqctl import_definitions` (passwords as salted
+hashes, the definitions on standard input), and only removals as commands of their own. No password is ever
+an argument (an argument is visible to every user of the host in the process list). A user's permissions are exactly the listed ones: permissions on other
 virtual hosts are cleared. In check mode it only reports what it would change. It returns names, never a
 password or a hash.
 """
@@ -14,6 +15,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import pwd
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -57,6 +62,39 @@ def password_matches(password, password_hash, algorithm):
         return False  # a user without a password
     salt, stored = salted[:4], salted[4:]
     return hmac.compare_digest(digest(salt + password.encode("utf-8")).digest(), stored)
+
+
+def password_hash(password, salt=None):
+    """RabbitMQ's default stored form: base64 of a 4-byte salt and SHA-256(salt + password)."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode()
+
+
+def import_document(definitions, steps, users):
+    """The definitions to import for the additions and changes among `steps` (removals are left out): virtual
+    hosts, users (a new or changed password as a fresh salted hash, else the stored one) and permissions."""
+    have_users = {user["name"]: user for user in definitions.get("users", [])}
+    wanted = {user["name"]: user for user in users}
+    document = {"vhosts": [], "users": [], "permissions": []}
+    for name in dict.fromkeys(subject for action, subject, _ in steps
+                              if action in ("add_user", "change_password", "set_user_tags")):
+        new_password = any(a in ("add_user", "change_password") and s == name for a, s, _ in steps)
+        current = have_users.get(name, {})
+        document["users"].append({
+            "name": name,
+            "password_hash": password_hash(wanted[name]["password"]) if new_password else current["password_hash"],
+            "hashing_algorithm": ("rabbit_password_hashing_sha256" if new_password
+                                  else current.get("hashing_algorithm", "rabbit_password_hashing_sha256")),
+            "tags": ",".join(sorted(set(wanted[name].get("tags") or []))),
+        })
+    for action, subject, detail in steps:
+        if action == "add_vhost":
+            document["vhosts"].append({"name": subject})
+        elif action == "set_permissions":
+            vhost, configure, write, read = detail
+            document["permissions"].append({"user": subject, "vhost": vhost, "configure": configure,
+                                            "write": write, "read": read})
+    return document
 
 
 def permission_triples(permissions):
@@ -114,6 +152,29 @@ def describe(steps):
     return report
 
 
+def import_definitions(rabbitmqctl, document):
+    """`rabbitmqctl import_definitions` from a file: RabbitMQ 4.0's CLI never finishes reading standard input.
+
+    The file holds salted hashes only; it lives in a folder of its own that only the broker's user (the CLI
+    runs as it) can read, and is removed at once.
+    """
+    folder = tempfile.mkdtemp(prefix="rabbitmq-access-")
+    try:
+        path = os.path.join(folder, "definitions.json")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            json.dump(document, out)
+        try:
+            broker = pwd.getpwnam("rabbitmq")
+        except KeyError:
+            broker = None
+        if broker is not None and os.geteuid() == 0:
+            for owned in (folder, path):
+                os.chown(owned, broker.pw_uid, broker.pw_gid)
+        return rabbitmqctl("import_definitions", path, "--format", "json")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -140,13 +201,16 @@ def main():
                                           binary_data=stdin is None, check_rc=False)
         return rc, out, err
 
-    rc, out, err = rabbitmqctl("export_definitions", "-", "--format", "json", "--silent")
-    if rc != 0:
-        module.fail_json(msg=f"Could not read the broker's definitions (rabbitmqctl export_definitions): {(err or out).strip()}")
-    try:
-        definitions = json.loads(out)
-    except ValueError:
-        module.fail_json(msg="rabbitmqctl export_definitions did not print JSON")
+    def read_definitions():
+        rc, out, err = rabbitmqctl("export_definitions", "-", "--format", "json", "--silent")
+        if rc != 0:
+            module.fail_json(msg=f"Could not read the broker's definitions (rabbitmqctl export_definitions): {(err or out).strip()}")
+        try:
+            return json.loads(out)
+        except ValueError:
+            module.fail_json(msg="rabbitmqctl export_definitions did not print JSON")
+
+    definitions = read_definitions()
     passwords = {user["name"]: user["password"] for user in params["users"]}
 
     steps = plan(definitions, params["vhosts"], params["users"], params["absent_users"])
@@ -161,24 +225,29 @@ def main():
             checked.append((action, name, detail))
     steps = checked
 
-    if not module.check_mode:
-        for action, name, detail in steps:
-            if action == "add_vhost":
-                args, stdin = ["add_vhost", name], None
-            elif action in ("add_user", "change_password"):
-                args, stdin = [action, name], passwords[name]
-            elif action == "set_user_tags":
-                args, stdin = ["set_user_tags", name, *detail], None
-            elif action == "set_permissions":
-                args, stdin = ["set_permissions", "-p", detail[0], name, *detail[1:]], None
-            elif action == "clear_permissions":
-                args, stdin = ["clear_permissions", "-p", detail, name], None
-            else:
-                args, stdin = ["delete_user", name], None
-            rc, out, err = rabbitmqctl(*args, stdin=stdin)
+    if not module.check_mode and steps:
+        document = import_document(definitions, steps, params["users"])
+        # Nothing secret in an error message: the document holds only salted hashes, and it is never shown.
+        module.no_log_values.update(user["password_hash"] for user in document["users"])
+        if any(document.values()):
+            rc, out, err = import_definitions(rabbitmqctl, document)
+            if rc != 0:
+                module.fail_json(msg=f"rabbitmqctl import_definitions failed: {(err or out).strip()}")
+            # The broker calls an import asynchronous: read again, and fail if anything it should add is missing.
+            left = [step for step in plan(read_definitions(), params["vhosts"], params["users"], [])
+                    if step[0] not in ("clear_permissions", "authenticate")]
+            if left:
+                module.fail_json(msg="After rabbitmqctl import_definitions these still differ: "
+                                     + "; ".join(f"{a}: {', '.join(n)}" for a, n in describe(left).items()))
+        removals = [(action, name, detail) for action, name, detail in steps
+                    if action in ("clear_permissions", "delete_user")]
+        for action, name, detail in removals:
+            args = ["clear_permissions", "-p", detail, name] if action == "clear_permissions" else ["delete_user", name]
+            rc, out, err = rabbitmqctl(*args)
             if rc != 0:
                 module.fail_json(msg=f"rabbitmqctl {args[0]} for {name} failed: {(err or out).strip()}",
-                                 done=describe(steps[: steps.index((action, name, detail))]))
+                                 done=describe([step for step in steps if step not in removals]
+                                               + removals[: removals.index((action, name, detail))]))
 
     report = describe(steps)
     summary = "; ".join(f"{action}: {', '.join(subjects)}" for action, subjects in report.items()) or "nothing to change"

@@ -28,6 +28,13 @@ options:
   target: {type: int, required: true, description: Replicas per queue (capped at the number of eligible nodes).}
   stopped: {type: list, elements: str, default: [], description: Eligible nodes not running now (their replicas stay).}
   timeout: {type: int, default: 120, description: Seconds each RabbitMQ command may take.}
+  queues:
+    type: list
+    elements: dict
+    description: >-
+      The quorum queues as the caller read them just before (vhost, name, members), with `running`, the
+      running nodes: then the module lists the queues itself only after changing them.
+  running: {type: list, elements: str, default: [], description: The running nodes, with `queues`.}
 """
 
 
@@ -39,6 +46,13 @@ def list_quorum_queues(module, vhost):
     if rc != 0:
         module.fail_json(msg=f"Could not list the queues of vhost {vhost}: {err.strip() or out.strip()}")
     return sorted((row for row in json.loads(out or "[]") if row.get("type") == "quorum"), key=lambda r: r["name"])
+
+
+def given_quorum_queues(queues, running, vhost):
+    """The caller's read of one vhost's quorum queues, in list_queues' form (online: members that run)."""
+    return sorted(({"name": q["name"], "type": "quorum", "members": list(q["members"]),
+                    "online": [n for n in q["members"] if n in running]}
+                   for q in queues if q["vhost"] == vhost), key=lambda r: r["name"])
 
 
 def plan(queues, nodes, target, stopped=()):
@@ -103,6 +117,8 @@ def main():
             "target": {"type": "int", "required": True},
             "stopped": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "int", "default": 120},
+            "queues": {"type": "list", "elements": "dict"},
+            "running": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -112,7 +128,10 @@ def main():
         module.fail_json(msg=f"No eligible node ({nodes}) or a target below 1 ({target}): nothing can hold a replica.")
     added, removed, summary, short, plans = [], [], [], [], {}
     for vhost in vhosts:
-        queues = list_quorum_queues(module, vhost)
+        if module.params["queues"] is None:
+            queues = list_quorum_queues(module, vhost)
+        else:
+            queues = given_quorum_queues(module.params["queues"], module.params["running"], vhost)
         plans[vhost] = (queues, *plan(queues, nodes, target, stopped))
         at_risk = without_majority(*plans[vhost])
         if at_risk:
