@@ -48,6 +48,8 @@ time_limit = 300
 soft_time_limit = 270
 max_retries = 2
 retry_backoff_max = 60
+max_tasks_per_child = 1000
+max_memory_per_child = 524288
 
 [logging]
 level = "INFO"

@@ -110,6 +110,13 @@ def test_reliability_flags(config):
     assert config["worker_concurrency"] == 4
 
 
+def test_pool_processes_are_recycled_by_task_count_and_memory_and_zero_means_never(settings, config):
+    assert (config["worker_max_tasks_per_child"], config["worker_max_memory_per_child"]) == (1000, 524288)
+    never = replace(settings, worker=replace(settings.worker, max_tasks_per_child=0, max_memory_per_child=0))
+    recycled = build_config(never)
+    assert (recycled["worker_max_tasks_per_child"], recycled["worker_max_memory_per_child"]) == (None, None)
+
+
 def test_results_serialization_and_clock(config):
     assert (config["result_backend"], config["result_expires"]) == ("rpc://", 3600)
     assert config["result_extended"] is True

@@ -76,6 +76,23 @@ def test_quota_queues_without_an_allowance(target, inventory, playbook):
     )
 
 
+@pytest.mark.parametrize(("variable", "value"), [("celery_worker_max_tasks_per_child", -1),
+                                                  ("celery_worker_max_memory_per_child", -512)])
+def test_a_negative_recycling_limit(target, inventory, playbook, variable, value):
+    inventory.celery_groups()
+    inventory.update_host_vars("laptop", **{variable: value})
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check the time limits, the pool size and process recycling",
+                    rf"{variable} \({value}\)", r"must each be 0")
+
+
+def test_a_log_size_logrotate_cannot_read(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("server", celery_worker_log_max_size="100MB")
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check the log size bound", r"server: celery_worker_log_max_size \(100MB\)")
+
+
 def test_missing_app_password(target, inventory, playbook):
     inventory.celery_groups()
     inventory.vault(drop=("vault_rabbitmq_app_password",))

@@ -56,6 +56,9 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": worker.time_limit,
         "task_soft_time_limit": worker.soft_time_limit,
         "worker_concurrency": worker.concurrency,
+        # Celery reads None as "never": 0 in the settings file means the same.
+        "worker_max_tasks_per_child": worker.max_tasks_per_child or None,
+        "worker_max_memory_per_child": worker.max_memory_per_child or None,
         "result_backend": settings.result.backend,
         "result_expires": settings.result.expires,
         # The result then carries the name of the worker that ran the task (the demo's --show-hosts).

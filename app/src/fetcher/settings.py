@@ -79,6 +79,9 @@ class WorkerSettings:
     soft_time_limit: int
     max_retries: int
     retry_backoff_max: int
+    # A pool process is replaced after this many tasks, or above this many KiB after a task; 0: never.
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,8 @@ def _worker(table: Table) -> WorkerSettings:
         soft_time_limit=table.integer("soft_time_limit", minimum=1),
         max_retries=table.integer("max_retries", minimum=0),
         retry_backoff_max=table.integer("retry_backoff_max", minimum=1),
+        max_tasks_per_child=table.integer("max_tasks_per_child", minimum=0),
+        max_memory_per_child=table.integer("max_memory_per_child", minimum=0),
     )
     if worker.soft_time_limit >= worker.time_limit:
         raise table.error("soft_time_limit", "must be less than worker.time_limit")

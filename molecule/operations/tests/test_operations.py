@@ -4,6 +4,7 @@ Each operation runs as an operator runs it (ansible-playbook, the new secrets in
 while a publisher on one server sends tasks to every server's queue; then every task the broker confirmed
 must be executed (counted in the workers' logs, duplicates reported). The tests run in file order, each on
 the cluster the previous one left; the last looks for every secret, old and new, where none should be.
+Every playbook runs at full verbosity with diffs (-vvv --diff), where a secret would show if any task let it.
 """
 import collections
 import json
@@ -30,7 +31,7 @@ OLD = {
     for name in ("vault_rabbitmq_app_password", "vault_rabbitmq_admin_password", "vault_rabbitmq_erlang_cookie")
 }
 NEW = {}
-# Everything ansible-playbook printed in this module: no secret may be in it.
+# Everything ansible-playbook printed in this module, at -vvv with diffs: no secret may be in it.
 OUTPUTS = []
 
 
@@ -49,8 +50,10 @@ def vault_file(tmp_path):
 
 
 def playbook(name, tmp_path, *args):
-    """Run one of playbooks/ against the scenario's hosts, as an operator would; return its output."""
-    command = ["ansible-playbook", str(PROJECT / "playbooks" / name), "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    """Run one of playbooks/ (or ../site.yml) against the scenario's hosts, as an operator would, at full
+    verbosity with diffs; return its output."""
+    command = ["ansible-playbook", str(PROJECT / "playbooks" / name), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+               "-vvv", "--diff"]
     if NEW:
         command += ["-e", f"@{vault_file(tmp_path)}"]
     env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
@@ -158,7 +161,7 @@ def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_ta
     [beat_host] = group("celery_beat")
     beat = main_pid(beat_host, "fetcher-beat")
     with Load(HOSTS[1]) as load:
-        playbook("rotate-credentials.yml", tmp_path, "--diff")
+        playbook("rotate-credentials.yml", tmp_path)
     sent, duplicates, _ = load.report()
     assert sent and not duplicates, f"executed twice: {duplicates}"
 
@@ -230,6 +233,18 @@ def test_a_rolling_restart_under_load_drains_each_node_and_loses_no_task(tmp_pat
     status = cluster_status(node(HOSTS[0]))
     assert sorted(status["running_nodes"]) == sorted(f"rabbit@{host}" for host in HOSTS)
     assert set(status["maintenance_status"].values()) == {"not under maintenance"}, status
+
+
+def test_site_yml_in_check_mode_after_the_rotations_finds_nothing_to_change(tmp_path):
+    """The operator's next run, with the rotated secrets, first in --check: it reports no change and changes
+    nothing (and, at -vvv with diffs, prints no secret: the last test reads its output too)."""
+    before = worker_pids()
+    output = playbook("../site.yml", tmp_path, "--check")
+    counts = recap(output)
+    assert set(HOSTS) <= set(counts) and all(
+        (host["changed"], host["failed"], host["unreachable"]) == (0, 0, 0) for host in counts.values()
+    ), counts
+    assert worker_pids() == before, "a check-mode run restarted a worker"
 
 
 def test_no_secret_is_in_any_log_file_process_list_or_playbook_output(host, tmp_path):
