@@ -12,11 +12,13 @@ image:  ## The test-bed images (Debian 13 and 12), built from Debian's packages 
 	molecule/resources/image/build
 
 # uv installs the pinned toolchain in a fraction of pip's time; pip does it where uv cannot (its download
-# or the index fails), so the result is the same pins either way.
+# or the index fails), so the result is the same pins either way. Bytecode is compiled at install: where
+# PYTHONDONTWRITEBYTECODE is set (as on the development machines), every ansible-playbook, molecule and pytest
+# would otherwise compile its ~500 modules again on each start.
 $(VENV)/.installed: requirements.txt app/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==0.9.5 \
-	  && $(VENV)/bin/uv pip install --quiet --native-tls --python $(VENV)/bin/python -r requirements.txt \
+	  && $(VENV)/bin/uv pip install --quiet --compile-bytecode --native-tls --python $(VENV)/bin/python -r requirements.txt \
 	  || $(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
