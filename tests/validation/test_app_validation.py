@@ -108,3 +108,20 @@ def test_check_mode_on_fresh_hosts_reports_without_failing(target, inventory, pl
     assert "celery_worker : Write the app's folders, configuration, the worker's unit and log rotation" in [
         name for name, _ in run.tasks()], run.output
     assert not run.container_findings, run.container_findings
+
+
+@pytest.mark.parametrize(("variable", "suggestion"), [("celery_worker_concurency", "celery_worker_concurrency"),
+                                                      ("celery_worker_api_tokn", "celery_worker_api_token"),
+                                                      ("celery_worker_made_up_setting", None)])
+def test_a_variable_the_worker_role_does_not_know_is_refused_without_its_value(target, inventory, playbook,
+                                                                               variable, suggestion):
+    inventory.celery_groups()
+    value = "value-that-must-not-show-4f1c"  # a misspelt name may hold a secret: it is never printed
+    inventory.update_host_vars("server", **{variable: value})
+    run = playbook(inventory, path=SITE)
+    hint = rf" \(did you mean {suggestion}\?\)" if suggestion else ":"
+    assert_rejected(
+        run, "celery_worker : Check that every celery_worker_ variable of this host is one the role knows",
+        rf"server: {variable}{hint}", r"not a variable of the celery_worker\s+role",
+    )
+    assert value not in run.output

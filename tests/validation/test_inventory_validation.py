@@ -222,3 +222,15 @@ def test_a_ram_node_is_refused_where_the_broker_has_none(target, inventory, play
         run, "rabbitmq : Refuse a RAM node where the broker has none any more",
         r"laptop is a RAM\s+node", r"but\s+RabbitMQ\s+4\.3\.0", r"rabbitmq_node_type:\s+disc",
     )
+
+
+# Names the role does not know ---------------------------------------------------------------------
+def test_a_misspelt_variable_is_refused_with_the_name_it_resembles(target, inventory, playbook):
+    """`rabbitmq_nod_type: ram` used to leave the node a disc node without a word."""
+    inventory.update_host_vars("laptop", rabbitmq_nod_type="ram")
+    run = playbook(inventory)
+    assert_rejected(
+        run, "rabbitmq : Check that every rabbitmq_ variable of this host is one the role knows",
+        r"laptop: rabbitmq_nod_type \(did you mean rabbitmq_node_type\?\): not a variable of the rabbitmq\s+role",
+        r"Correct its name in the inventory",
+    )
