@@ -234,3 +234,12 @@ def test_a_misspelt_variable_is_refused_with_the_name_it_resembles(target, inven
         r"laptop: rabbitmq_nod_type \(did you mean rabbitmq_node_type\?\): not a variable of the rabbitmq\s+role",
         r"Correct its name in the inventory",
     )
+
+
+@pytest.mark.parametrize(("variable", "value"), [("rabbitmq_disk_free_limit_relative", 0),
+                                                 ("rabbitmq_disk_free_limit_absolute", "5 gigabytes")])
+def test_a_disk_free_limit_that_is_no_size_is_refused(target, inventory, playbook, variable, value):
+    inventory.update_host_vars("server", **{variable: value})
+    run = playbook(inventory)
+    assert_rejected(run, "rabbitmq : Check the disk-free limit", r"server: rabbitmq_disk_free_limit_relative",
+                    r"a number followed by\s+kB, MB, GB")

@@ -36,6 +36,14 @@ def test_erlang_cookie_is_private_to_rabbitmq(host):
     assert cookie.mode == 0o400
 
 
+def test_the_disk_alarm_is_set_relative_to_memory_not_at_rabbitmqs_50_mb(host):
+    relative = float(host_var(members()[0], "rabbitmq_disk_free_limit_relative", 1.0))
+    limit, memory = (int(x) for x in re.findall(r"[0-9]+", host.check_output(
+        "rabbitmqctl eval '{rabbit_disk_monitor:get_disk_free_limit(), vm_memory_monitor:get_total_memory()}.'")))
+    print(f"{host.backend.hostname}: disk-free limit {limit / 1e9:.2f} GB = {relative} x {memory / 1e9:.2f} GB")
+    assert abs(limit - relative * memory) <= 1 and limit > 50_000_000
+
+
 def test_guest_user_is_gone(host):
     users = host.check_output("rabbitmqctl list_users --quiet --formatter json")
     assert '"guest"' not in users
