@@ -3,6 +3,7 @@
 site.yml validates the app's inventory in its first play, so these fail before the RabbitMQ play would
 install anything: the container stays untouched and every host's recap shows changed=0.
 """
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,23 @@ def test_a_variable_the_worker_role_does_not_know_is_refused_without_its_value(t
         rf"server: {variable}{hint}", r"not a variable of the celery_worker\s+role",
     )
     assert value not in run.output
+
+
+@pytest.mark.parametrize(("group_vars", "says"), [
+    ({"celery_worker_broker_vhost": "othervhost"}, r"get the vhosts myvhost \(rabbitmq_vhosts\) and that user has no\s+permissions there"),
+    ({"celery_worker_broker_user": "admin2"}, r"as\s+'admin2'.*has no\s+permissions there"),
+])
+def test_an_app_vhost_or_user_the_broker_does_not_get_is_refused(target, inventory, playbook, group_vars, says):
+    """A vhost the rabbitmq role does not create left the workers restarting against a broker that refused them."""
+    inventory.celery_groups()
+    inventory.update_host_vars("server", **group_vars)
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check that the rabbitmq role creates the app's vhost", says,
+                    r"Add the vhost to rabbitmq_vhosts")
+
+
+def test_an_api_reached_without_tls_gets_a_warning(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("server", celery_worker_quota_allowance=-1)  # stops the run after the warning
+    run = playbook(inventory, path=SITE)
+    assert re.search(r"Warning: server sends its API token to http://api:8080 without TLS", run.output), run.output
