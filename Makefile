@@ -31,9 +31,10 @@ down:  ## Remove the local test bed
 test:  ## Lint, unit tests and every Molecule scenario, with a summary
 	scripts/test
 
-lint: setup
+lint: setup  ## YAML, Ansible and Python (ruff.toml), as the test command runs them
 	yamllint --strict .
 	ansible-lint --offline
+	ruff check .
 
 bench: setup  ## Converge timings against a bare install; failover and replica move; task throughput against raw AMQP; API allowance use
 	bench/cluster-converge

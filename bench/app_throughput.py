@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import socket
 import statistics
 import sys
 import time
@@ -28,12 +27,11 @@ from collections import Counter
 
 from amqp.exceptions import ConsumerCancelled
 from celery.exceptions import TimeoutError as CeleryTimeout
-from kombu import Connection, Consumer, Exchange, Producer, Queue
-
 from fetcher.broker import broker_urls
 from fetcher.queues import task_queues
 from fetcher.routing import queue_for
 from fetcher.settings import config_path, load_settings
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 # A run fails when nothing comes back for this long, so a measurement whose other half is gone ends soon.
 STALL_SECONDS = 60
@@ -143,7 +141,7 @@ def consumer_process(index, idle_timeout):
         while not stop:
             try:
                 conn.drain_events(timeout=idle_timeout)
-            except socket.timeout:
+            except TimeoutError:
                 say(f"raw consumer {conf.node}/{index}: nothing for {idle_timeout:g} s, stopping")
                 return 1
     say(f"raw consumer {conf.node}/{index}: {handled} messages, stopped")
@@ -194,7 +192,7 @@ def cpu_times():
 
 def steal_share(before, after):
     """The share of CPU time the hypervisor gave to other guests between two cpu_times() readings."""
-    delta = [b - a for a, b in zip(before, after)]
+    delta = [b - a for a, b in zip(before, after, strict=False)]
     return delta[7] / max(sum(delta), 1)
 
 
@@ -260,7 +258,7 @@ def raw_run(conf, n, exchange, timeout):
             while len(replies) < n:
                 try:
                     reply_conn.drain_events(timeout=max(min(deadline - time.monotonic(), STALL_SECONDS), 0.1))
-                except socket.timeout:
+                except TimeoutError:
                     raise SystemExit(f"bench: raw run: only {len(replies)} of {n} replies, none for a while "
                                      f"(is {RAW_QUEUE} gone, or its consumers?)") from None
         done = time.monotonic()
@@ -312,7 +310,7 @@ def measure(args):
     rates = {side: [args.tasks / row[side]["seconds"] for row in runs] for side in ("celery", "raw")}
     steal = {side: [row[side]["steal"] for row in runs] for side in ("celery", "raw")}
     # Each run's ratio compares two neighbouring measurements, so a drift of the machine cancels out.
-    ratios = [celery / raw for celery, raw in zip(rates["celery"], rates["raw"])]
+    ratios = [celery / raw for celery, raw in zip(rates["celery"], rates["raw"], strict=False)]
     print(json.dumps({
         "routing_key": args.routing_key,
         "queue": queue,

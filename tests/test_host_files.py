@@ -4,9 +4,9 @@ The module runs as a script against a temporary folder, as Ansible runs it on a 
 differs, says which paths changed (the handlers decide from that), tells the truth in check mode, and never
 shows a secret file's content.
 """
+import grp
 import json
 import os
-import grp
 import pwd
 import subprocess
 import sys

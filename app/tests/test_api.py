@@ -4,7 +4,6 @@ import socket
 from datetime import UTC, datetime
 
 import pytest
-
 from fetcher.api import ApiClient, ApiError, RateLimited, TransientError, new_session
 from fetcher.quota import QuotaCounter, QuotaSpent
 from fetcher.settings import ApiSettings

@@ -3,7 +3,6 @@
 from datetime import UTC, datetime
 
 import pytest
-
 from fetcher.backoff import parse_retry_after, retry_delay
 
 

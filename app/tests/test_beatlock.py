@@ -6,7 +6,6 @@ The Molecule scenarios run the real lock against RabbitMQ.
 """
 
 import logging
-import socket
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -15,13 +14,12 @@ import pytest
 from amqp.exceptions import ConnectionForced, ResourceLocked
 from celery.apps.beat import Beat
 from celery.beat import Service
-from kombu.exceptions import OperationalError
-
 from fetcher.beat import HELD_INTERVAL, WAIT_INTERVAL, LockedScheduler
 from fetcher.beatlock import LOCK_HEARTBEAT, BeatLock, lock_connection, lock_name
 from fetcher.broker import broker_urls
 from fetcher.celeryconfig import build_config
 from fetcher.settings import load_settings
+from kombu.exceptions import OperationalError
 from sample_config import EXAMPLE
 
 NAME = "tasks.beat.lock"
@@ -262,7 +260,7 @@ class FakeConnection:
             callback(message)
             return
         time.sleep(min(timeout, 0.002))
-        raise socket.timeout("timed out")
+        raise TimeoutError("timed out")
 
     def release(self):
         self._close("released")

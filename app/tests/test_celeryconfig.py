@@ -5,12 +5,11 @@ from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
-from kombu import Connection
-
 from fetcher.broker import broker_urls
 from fetcher.celeryconfig import build_config
 from fetcher.queues import dead_letter_queue
 from fetcher.settings import load_settings
+from kombu import Connection
 from sample_config import EXAMPLE, PASSWORD
 
 

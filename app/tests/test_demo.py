@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from fetcher.demo import (
     Outcome,
     Unfinished,

@@ -9,7 +9,6 @@ from billiard.einfo import ExceptionWithTraceback
 from celery import Celery
 from celery.signals import celeryd_after_setup
 from celery.worker.request import Request
-
 from fetcher import governor, worker
 from fetcher.celeryconfig import build_config
 from fetcher.governor import QuotaExhausted, QuotaGovernor, QuotaRequest

@@ -4,7 +4,6 @@ import logging
 import re
 
 from celery.signals import setup_logging
-
 from fetcher.logs import configure
 from fetcher.settings import LoggingSettings
 

@@ -4,7 +4,6 @@ import multiprocessing
 import sqlite3
 
 import pytest
-
 from fetcher.quota import QuotaCounter, QuotaSpent
 
 WINDOW = 60

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from fetcher.config_reader import ConfigError
 from fetcher.settings import DEFAULT_PATH, beat_config_path, config_path, load_settings
 from sample_config import EXAMPLE, PASSWORD, TOKEN, without_line, without_section

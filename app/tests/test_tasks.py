@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 from celery.signals import task_retry
-
 from fetcher.api import ApiError, TransientError
 from fetcher.config_reader import ConfigError
 from fetcher.routing import UnknownRoutingKey

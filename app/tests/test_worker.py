@@ -8,11 +8,10 @@ import pytest
 from celery.signals import celeryd_after_setup
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
-from kombu import Exchange, Producer
-
 from fetcher.consumer import CELERY_STEP, Consumer, Topology
 from fetcher.queues import declare_all
 from fetcher.routing import delivered_queue
+from kombu import Exchange, Producer
 
 
 def deliver(connection, exchange, routing_key, body):

@@ -375,7 +375,7 @@ def test_the_defaults_and_a_token_free_repr():
 
 def test_check_config_reports_a_bad_file_without_its_content(tmp_path, capsys):
     path = tmp_path / "config.json"
-    path.write_text('{"window": 20, "tokens": [{"name": "server", "token": "%s", allowance: 1}]}' % SERVER_TOKEN)
+    path.write_text('{"window": 20, "tokens": [{"name": "server", "token": "' + SERVER_TOKEN + '", allowance: 1}]}')
     assert api_standin.main(["--check-config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "not valid JSON" in error

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_inventory_validation import assert_rejected
 
 SITE = Path(__file__).resolve().parents[2] / "site.yml"

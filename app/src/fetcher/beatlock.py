@@ -31,7 +31,6 @@ RabbitMQ cluster that all beats share (`fetcher.beat.LockedScheduler` asks `Beat
 """
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -239,7 +238,7 @@ class BeatLock:
         connection.heartbeat_check()
         try:
             connection.drain_events(timeout=max(timeout, 0.01))
-        except socket.timeout:
+        except TimeoutError:
             pass
 
     def _report_failure(self, exc: Exception) -> None:

@@ -83,14 +83,14 @@ def call_api(self, item):
         if queue in settings.quota.queues:
             raise QuotaExhausted(str(exc)) from None
         wait = exc.reset_at - time.time()
-        raise self.retry(exc=exc, countdown=max(1, retry_delay(0, settings.api.max_reset_wait, wait)))
+        raise self.retry(exc=exc, countdown=max(1, retry_delay(0, settings.api.max_reset_wait, wait))) from exc
     except api.RateLimited as exc:
         ceiling = settings.worker.retry_backoff_max if exc.retry_after is None else settings.api.max_reset_wait
         delay = retry_delay(self.request.retries, ceiling, exc.retry_after)
-        raise self.retry(exc=exc, countdown=max(1, delay))
+        raise self.retry(exc=exc, countdown=max(1, delay)) from exc
     except api.TransientError as exc:
         delay = retry_delay(self.request.retries, settings.worker.retry_backoff_max, exc.retry_after)
-        raise self.retry(exc=exc, countdown=delay)
+        raise self.retry(exc=exc, countdown=delay) from exc
 
 
 @cache

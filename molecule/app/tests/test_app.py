@@ -2,9 +2,18 @@
 import re
 
 import pytest
-
-from conftest import (FETCHER, BackgroundDemo, beat_sends, demo, group, node, queue_depths, set_workers, unit_enabled,
-                      wait_for)
+from conftest import (
+    FETCHER,
+    BackgroundDemo,
+    beat_sends,
+    demo,
+    group,
+    node,
+    queue_depths,
+    set_workers,
+    unit_enabled,
+    wait_for,
+)
 
 testinfra_hosts = group("celery_workers")
 WORKERS = group("celery_workers")
@@ -145,7 +154,7 @@ def test_a_second_beat_sends_nothing_until_the_first_lets_go():
         node(first).check_output("systemctl start fetcher-beat")
         wait_for(lambda: "another beat holds the lock" in node(first).run(
             "tail -n 20 /var/log/fetcher/beat.log").stdout, 60, "the restarted first beat to wait for the lock")
-        node(second).check_output(f"kill $(cat /tmp/beat2.pid)")
+        node(second).check_output("kill $(cat /tmp/beat2.pid)")
         taken_back = len(beat_sends(first, "/var/log/fetcher/beat.log", entry))
         wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= taken_back + 2, 120,
                  "the first beat to take the lock back and send")
@@ -153,6 +162,6 @@ def test_a_second_beat_sends_nothing_until_the_first_lets_go():
         node(second).run("kill $(cat /tmp/beat2.pid) 2>/dev/null")
         node(first).check_output("systemctl start fetcher-beat")
     sends = sorted(beat_sends(first, "/var/log/fetcher/beat.log", entry) + beat_sends(second, log, entry))
-    gaps = [later - earlier for earlier, later in zip(sends, sends[1:])]
+    gaps = [later - earlier for earlier, later in zip(sends, sends[1:], strict=False)]
     # Log times are whole seconds: one period is at least period - 1 apart as logged.
     assert min(gaps) >= period - 1, f"fan-out sent twice within {period} s: sends at {sends}"

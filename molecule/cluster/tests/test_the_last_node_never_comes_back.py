@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import yaml
-
 from conftest import amqp, cluster_status, members, node, nodename, quorum_queues, wait_for
 
 PROJECT = Path(__file__).resolve().parents[3]

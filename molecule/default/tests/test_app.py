@@ -38,7 +38,8 @@ def test_each_worker_replaces_its_processes_after_so_many_tasks_or_so_much_memor
     for name in ("server", "laptop"):
         ask = f"{FETCHER}/celery -A fetcher.app inspect --json -t 5 -d fetcher@{name}"
         # A worker just started again (the test above stops laptop's) answers once it is connected.
-        stats = wait_for(lambda: node(name).run(f"{ask} stats").stdout.strip(), 90, f"fetcher@{name} to answer")
+        stats = wait_for(lambda name=name, ask=ask: node(name).run(f"{ask} stats").stdout.strip(), 90,
+                         f"fetcher@{name} to answer")
         pool = json.loads(stats)[f"fetcher@{name}"]["pool"]
         conf = json.loads(node(name).check_output(f"{ask} conf"))[f"fetcher@{name}"]
         assert pool["max-tasks-per-child"] == host_var(name, "celery_worker_max_tasks_per_child", 1000), pool

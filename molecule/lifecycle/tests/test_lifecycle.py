@@ -19,9 +19,17 @@ import uuid
 from pathlib import Path
 
 import yaml
-
-from conftest import (FETCHER, beat_sends, cluster_status, node, nodename, queue_depths, quorum_queues, unit_enabled,
-                      wait_for)
+from conftest import (
+    FETCHER,
+    beat_sends,
+    cluster_status,
+    node,
+    nodename,
+    queue_depths,
+    quorum_queues,
+    unit_enabled,
+    wait_for,
+)
 
 PROJECT = Path(__file__).resolve().parents[3]
 PUBLISHER = PROJECT / "molecule/resources/load/publish.py"
@@ -182,7 +190,7 @@ class Load:
     def longest_gap(self, start, end):
         """The longest wait between consecutive confirms over [start, end] (epoch seconds)."""
         times = [start, *(t for t in self.confirmed() if start < t < end), end]
-        return max(b - a for a, b in zip(times, times[1:]))
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 def test_queued_tasks_run_when_a_node_whose_name_sorts_first_joins():
@@ -332,7 +340,7 @@ def test_beat_moves_in_one_run_while_its_old_host_is_off_and_the_old_beat_never_
     assert "Not answering" not in again.stdout
     assert not alpha.service("fetcher-beat").is_running and not unit_enabled(alpha, "fetcher-beat")
     sends = sorted(beat_sends(ALPHA, BEAT_LOG, TICK) + beat_sends(DELTA, BEAT_LOG, TICK))
-    gaps = [later - earlier for earlier, later in zip(sends, sends[1:])]
+    gaps = [later - earlier for earlier, later in zip(sends, sends[1:], strict=False)]
     print(f"beat moved with {ALPHA} off: {len(sends)} sends of {TICK} over both hosts, shortest gap {min(gaps)} s")
     # Log times are whole seconds: one period is at least TICK_PERIOD - 1 apart as logged.
     assert min(gaps) >= TICK_PERIOD - 1, f"{TICK} sent twice within {TICK_PERIOD} s: sends at {sends}"

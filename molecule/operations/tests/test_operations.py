@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pika
-
 from conftest import FETCHER, amqp, cluster_status, group, host_var, node, wait_for
 
 testinfra_hosts = group("rabbitmq")
@@ -171,7 +170,7 @@ def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_ta
     assert main_pid(beat_host, "fetcher-beat") not in (beat, "0"), "beat restarted with the new password"
     # One host at a time: each worker was back before the next one stopped.
     restarts = worker_restarts(since)
-    for (first, _, started), (then, stopping, _) in zip(restarts, restarts[1:]):
+    for (first, _, started), (then, stopping, _) in zip(restarts, restarts[1:], strict=False):
         assert started < stopping, f"{then} stopped before {first} was back: {restarts}"
 
 

@@ -9,7 +9,6 @@ import time
 import uuid
 
 import requests
-
 from conftest import FETCHER, address, demo, group, host_var, node, queue_depths, wait_for
 
 testinfra_hosts = group("celery_workers")

@@ -4,7 +4,6 @@ import uuid
 
 import pika.exceptions
 import pytest
-
 from conftest import amqp, cluster_status, host_var, members, nodename, quorum_queues
 
 testinfra_hosts = members()
