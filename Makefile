@@ -35,6 +35,7 @@ lint: setup  ## YAML, Ansible and Python (ruff.toml), as the test command runs t
 	yamllint --strict .
 	ansible-lint --offline
 	ruff check .
+	ruff format --check .
 
 bench: setup  ## Converge timings against a bare install; failover and replica move; task throughput against raw AMQP; API allowance use
 	bench/cluster-converge

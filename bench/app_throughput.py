@@ -54,15 +54,15 @@ def connection(conf, first_host=None):
     if first_host:
         hosts.sort(key=lambda host: host.rpartition(":")[0] != first_host)
     urls = broker_urls(dataclasses.replace(conf.broker, hosts=tuple(hosts)))
-    return Connection(urls, connect_timeout=conf.broker.connect_timeout,
-                      transport_options={"confirm_publish": True})
+    return Connection(urls, connect_timeout=conf.broker.connect_timeout, transport_options={"confirm_publish": True})
 
 
 def raw_queue(conf, like):
     """bench.raw: the arguments of the Celery queue `like`, bound to the same exchange."""
     model = next(queue for queue in task_queues(conf.routing) if queue.name == like)
-    return Queue(RAW_QUEUE, model.exchange, routing_key=RAW_KEY, durable=True,
-                 queue_arguments=dict(model.queue_arguments))
+    return Queue(
+        RAW_QUEUE, model.exchange, routing_key=RAW_KEY, durable=True, queue_arguments=dict(model.queue_arguments)
+    )
 
 
 def reply_queue(conf, name):
@@ -78,15 +78,19 @@ def describe(_args):
     import kombu
 
     conf = settings()
-    print(json.dumps({
-        "node": conf.node,
-        "vhost": conf.broker.vhost,
-        "consume": list(conf.routing.consume),
-        "concurrency": conf.worker.concurrency,
-        "queues": {queue.routing_key: queue.name for queue in conf.routing.queues},
-        "celery": celery.__version__,
-        "kombu": kombu.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "node": conf.node,
+                "vhost": conf.broker.vhost,
+                "consume": list(conf.routing.consume),
+                "concurrency": conf.worker.concurrency,
+                "queues": {queue.routing_key: queue.name for queue in conf.routing.queues},
+                "celery": celery.__version__,
+                "kombu": kombu.__version__,
+            }
+        )
+    )
     return 0
 
 
@@ -94,8 +98,10 @@ def declare(args):
     conf = settings()
     with connection(conf, first_host=args.leader) as conn:
         raw_queue(conf, args.like)(conn.default_channel).declare()
-        say(f"declared {RAW_QUEUE} through {conn.as_uri().rpartition('@')[2]} "
-            f"(arguments of the Celery queue {args.like!r})")
+        say(
+            f"declared {RAW_QUEUE} through {conn.as_uri().rpartition('@')[2]} "
+            f"(arguments of the Celery queue {args.like!r})"
+        )
     return 0
 
 
@@ -128,15 +134,18 @@ def consumer_process(index, idle_timeout):
                 stop = True
                 return
             x, y = body
-            replies.publish({"result": x + y, "host": conf.node}, exchange="",
-                            routing_key=message.properties["reply_to"],
-                            correlation_id=message.properties["correlation_id"],
-                            delivery_mode=1, serializer="json")
+            replies.publish(
+                {"result": x + y, "host": conf.node},
+                exchange="",
+                routing_key=message.properties["reply_to"],
+                correlation_id=message.properties["correlation_id"],
+                delivery_mode=1,
+                serializer="json",
+            )
             message.ack()
             handled += 1
 
-        consumer = Consumer(channel, [Queue(RAW_QUEUE, no_declare=True)], callbacks=[on_message],
-                            accept=["json"])
+        consumer = Consumer(channel, [Queue(RAW_QUEUE, no_declare=True)], callbacks=[on_message], accept=["json"])
         consumer.consume()
         while not stop:
             try:
@@ -160,8 +169,10 @@ def _child(index, idle_timeout):
 
 
 def consume(args):
-    children = [multiprocessing.Process(target=_child, args=(index, args.idle_timeout))
-                for index in range(1, args.processes + 1)]
+    children = [
+        multiprocessing.Process(target=_child, args=(index, args.idle_timeout))
+        for index in range(1, args.processes + 1)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -179,8 +190,10 @@ def wait_for_consumers(conn, expected, timeout=60):
         if consumers == expected and messages == 0:
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {RAW_QUEUE} has {consumers} consumers and {messages} messages after "
-                             f"{timeout} s; expected {expected} consumers and an empty queue")
+            raise SystemExit(
+                f"bench: {RAW_QUEUE} has {consumers} consumers and {messages} messages after "
+                f"{timeout} s; expected {expected} consumers and an empty queue"
+            )
         time.sleep(0.5)
 
 
@@ -220,8 +233,9 @@ def celery_run(n, queue, timeout):
         try:
             value = result.get(timeout=max(min(deadline - time.monotonic(), STALL_SECONDS), 0.1))
         except CeleryTimeout:
-            raise SystemExit(f"bench: Celery run: no result for add({i}, {i}) in time "
-                             f"(is the {queue} queue's worker running?)") from None
+            raise SystemExit(
+                f"bench: Celery run: no result for add({i}, {i}) in time (is the {queue} queue's worker running?)"
+            ) from None
         if value != 2 * i:
             raise SystemExit(f"bench: add({i}, {i}) returned {value!r}")
     done = time.monotonic()
@@ -246,8 +260,15 @@ def raw_run(conf, n, exchange, timeout):
         started = time.monotonic()
         queue.declare()
         for i in range(n):
-            producer.publish([i, i], exchange=exchange, routing_key=RAW_KEY, delivery_mode=2,
-                             serializer="json", reply_to=name, correlation_id=str(i))
+            producer.publish(
+                [i, i],
+                exchange=exchange,
+                routing_key=RAW_KEY,
+                delivery_mode=2,
+                serializer="json",
+                reply_to=name,
+                correlation_id=str(i),
+            )
         sent = time.monotonic()
 
         def on_reply(body, message):
@@ -259,8 +280,10 @@ def raw_run(conf, n, exchange, timeout):
                 try:
                     reply_conn.drain_events(timeout=max(min(deadline - time.monotonic(), STALL_SECONDS), 0.1))
                 except TimeoutError:
-                    raise SystemExit(f"bench: raw run: only {len(replies)} of {n} replies, none for a while "
-                                     f"(is {RAW_QUEUE} gone, or its consumers?)") from None
+                    raise SystemExit(
+                        f"bench: raw run: only {len(replies)} of {n} replies, none for a while "
+                        f"(is {RAW_QUEUE} gone, or its consumers?)"
+                    ) from None
         done = time.monotonic()
         queue.delete()
     for i in range(n):
@@ -272,8 +295,10 @@ def raw_run(conf, n, exchange, timeout):
 
 def summary(side, run, n):
     hosts = ", ".join(f"{host} {count}" for host, count in sorted(run["hosts"].items()))
-    return (f"{side:<6} {n} in {run['seconds']:6.2f} s = {n / run['seconds']:7.1f}/s "
-            f"(sending {run['send_seconds']:.2f} s; served by {hosts}; CPU steal {run['steal']:.0%})")
+    return (
+        f"{side:<6} {n} in {run['seconds']:6.2f} s = {n / run['seconds']:7.1f}/s "
+        f"(sending {run['send_seconds']:.2f} s; served by {hosts}; CPU steal {run['steal']:.0%})"
+    )
 
 
 def measure(args):
@@ -298,31 +323,46 @@ def measure(args):
         order = ("celery", "raw") if number % 2 else ("raw", "celery")
         row = {}
         for side in order:
-            row[side] = (timed(celery_run, args.tasks, queue, args.timeout) if side == "celery"
-                         else timed(raw_run, conf, args.tasks, exchange, args.timeout))
+            row[side] = (
+                timed(celery_run, args.tasks, queue, args.timeout)
+                if side == "celery"
+                else timed(raw_run, conf, args.tasks, exchange, args.timeout)
+            )
             say(f"run {number}/{args.runs}: {summary(side, row[side], args.tasks)}")
         runs.append(row)
     with connection(conf) as conn:
         producer = Producer(conn.channel(), auto_declare=False)
         for _ in range(args.consumers):
-            producer.publish("stop", exchange=exchange, routing_key=RAW_KEY, delivery_mode=2,
-                             serializer="json", headers={STOP_HEADER: True})
+            producer.publish(
+                "stop",
+                exchange=exchange,
+                routing_key=RAW_KEY,
+                delivery_mode=2,
+                serializer="json",
+                headers={STOP_HEADER: True},
+            )
     rates = {side: [args.tasks / row[side]["seconds"] for row in runs] for side in ("celery", "raw")}
     steal = {side: [row[side]["steal"] for row in runs] for side in ("celery", "raw")}
     # Each run's ratio compares two neighbouring measurements, so a drift of the machine cancels out.
     ratios = [celery / raw for celery, raw in zip(rates["celery"], rates["raw"], strict=False)]
-    print(json.dumps({
-        "routing_key": args.routing_key,
-        "queue": queue,
-        "tasks": args.tasks,
-        "broker": broker,
-        "runs": runs,
-        "rates": rates,
-        "ratios": ratios,
-        "steal": steal,
-        "median": {**{side: statistics.median(values) for side, values in rates.items()},
-                   "ratio": statistics.median(ratios)},
-    }))
+    print(
+        json.dumps(
+            {
+                "routing_key": args.routing_key,
+                "queue": queue,
+                "tasks": args.tasks,
+                "broker": broker,
+                "runs": runs,
+                "rates": rates,
+                "ratios": ratios,
+                "steal": steal,
+                "median": {
+                    **{side: statistics.median(values) for side, values in rates.items()},
+                    "ratio": statistics.median(ratios),
+                },
+            }
+        )
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by every scenario's testinfra tests: the Molecule inventory and a real AMQP client."""
+
 import collections
 import functools
 import json
@@ -63,8 +64,11 @@ def cluster_status(host):
 
 def quorum_queues(host, vhost):
     """Every quorum queue of a vhost with its members (replicas), as RabbitMQ lists them."""
-    rows = json.loads(host.check_output(f"rabbitmqctl list_queues -p {vhost} name type members online messages "
-                                        "--quiet --formatter json"))
+    rows = json.loads(
+        host.check_output(
+            f"rabbitmqctl list_queues -p {vhost} name type members online messages --quiet --formatter json"
+        )
+    )
     return [row for row in rows if row["type"] == "quorum"]
 
 
@@ -152,21 +156,28 @@ class Publisher:
         """How many times each task id of this run succeeded, over the given workers' logs."""
         counts = collections.Counter()
         for name in workers:
-            found = node(name).run(
-                f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
-            ).stdout
+            found = (
+                node(name)
+                .run(f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log")
+                .stdout
+            )
             counts.update(re.findall(rf"\[({self.run}-\d+)\]", found))
         return counts
 
     def report(self, what, workers, timeout=300):
         """Wait until every confirmed task ran on one of the workers; return (sent, duplicates)."""
         sent = self.sent()
-        wait_for(lambda: not set(sent) - set(self.executed(workers)), timeout,
-                 f"all {len(sent)} confirmed tasks of {self.run} to be executed")
+        wait_for(
+            lambda: not set(sent) - set(self.executed(workers)),
+            timeout,
+            f"all {len(sent)} confirmed tasks of {self.run} to be executed",
+        )
         duplicates = {task: n for task, n in self.executed(workers).items() if n > 1}
         errors = self.host.file(f"{self.folder}/errors").content_string.splitlines()
-        print(f"{what}: {len(sent)} tasks sent and executed ({self.run}), 0 lost, {len(duplicates)} executed "
-              f"twice, {len(errors)} publish attempts retried")
+        print(
+            f"{what}: {len(sent)} tasks sent and executed ({self.run}), 0 lost, {len(duplicates)} executed "
+            f"twice, {len(errors)} publish attempts retried"
+        )
         return sent, duplicates
 
 

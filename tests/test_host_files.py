@@ -4,6 +4,7 @@ The module runs as a script against a temporary folder, as Ansible runs it on a 
 differs, says which paths changed (the handlers decide from that), tells the truth in check mode, and never
 shows a secret file's content.
 """
+
 import grp
 import json
 import os
@@ -33,7 +34,9 @@ def sendv(*fields):
 def run(args, check_mode=False, journal=None):
     """The module's result, given its arguments as Ansible hands them over (JSON on standard input);
     with `journal` (a folder), what the module logs to the host's journal goes to journal/lines."""
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=True, _ansible_no_log=False)}
+    payload = {
+        "ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=True, _ansible_no_log=False)
+    }
     env = dict(os.environ)
     if journal:
         (journal / "systemd").mkdir(parents=True, exist_ok=True)
@@ -41,8 +44,9 @@ def run(args, check_mode=False, journal=None):
         (journal / "systemd" / "journal.py").write_text(JOURNAL)
         (journal / "systemd" / "daemon.py").write_text("def booted():\n    return True\n")
         env.update(PYTHONPATH=str(journal), JOURNAL_FILE=str(journal / "lines"))
-    done = subprocess.run([sys.executable, str(MODULE)], input=json.dumps(payload), capture_output=True,
-                          text=True, check=False, env=env)
+    done = subprocess.run(
+        [sys.executable, str(MODULE)], input=json.dumps(payload), capture_output=True, text=True, check=False, env=env
+    )
     return json.loads(done.stdout)
 
 
@@ -52,8 +56,9 @@ def spec(path, content, mode="0644", **extra):
 
 def test_only_what_differs_is_written_and_named(tmp_path):
     files = [spec(tmp_path / "a.conf", "a = 1\n"), spec(tmp_path / "b.conf", "b = 1\n")]
-    first = run({"directories": [dict(path=str(tmp_path / "d"), owner=OWNER, group=GROUP, mode="0750")],
-                 "files": files})
+    first = run(
+        {"directories": [dict(path=str(tmp_path / "d"), owner=OWNER, group=GROUP, mode="0750")], "files": files}
+    )
     assert first["changed"] and sorted(first["paths"]) == sorted([str(tmp_path / n) for n in ("d", "a.conf", "b.conf")])
     assert (tmp_path / "a.conf").read_text() == "a = 1\n"
     assert oct((tmp_path / "d").stat().st_mode & 0o777) == "0o750"
@@ -78,8 +83,12 @@ def test_check_mode_says_what_would_change_and_changes_nothing(tmp_path):
 
 def test_a_secret_file_is_written_but_never_shown(tmp_path):
     secret = "password = 'hunter2-very-secret'\n"
-    result = run({"secret_files": [spec(tmp_path / "s.toml", secret, mode="0640")],
-                  "files": [spec(tmp_path / "p.conf", "plain\n")]})
+    result = run(
+        {
+            "secret_files": [spec(tmp_path / "s.toml", secret, mode="0640")],
+            "files": [spec(tmp_path / "p.conf", "plain\n")],
+        }
+    )
     assert (tmp_path / "s.toml").read_text() == secret
     shown = json.dumps(result)
     assert "hunter2-very-secret" not in shown

@@ -6,6 +6,7 @@ judges from its lines. Every case the module writes for (content, owner, group o
 missing, a file where a folder should be) must come out due, and a host that matches must come out clean,
 or the skip would leave a drifted file in place or cost a round trip for nothing.
 """
+
 import grp
 import importlib.util
 import os
@@ -25,8 +26,12 @@ GROUP = grp.getgrgid(os.getgid()).gr_name
 
 def probe(layout):
     """The probe's lines, from a bash run as a role's read step runs it."""
-    done = subprocess.run(["bash", "-c", "set -o pipefail\n" + filters.host_files_probe(layout)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["bash", "-c", "set -o pipefail\n" + filters.host_files_probe(layout)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.splitlines()
 
 
@@ -44,10 +49,12 @@ def host(tmp_path):
     secret.chmod(0o640)
     layout = {
         "directories": [{"path": str(folder), "owner": OWNER, "group": GROUP, "mode": "0755"}],
-        "files": [{"path": str(plain), "content": "listeners.tcp = 5672\n", "owner": OWNER, "group": GROUP,
-                   "mode": "0644"}],
-        "secret_files": [{"path": str(secret), "content": "password = 'é-secret'\n", "owner": OWNER,
-                          "group": GROUP, "mode": "0640"}],
+        "files": [
+            {"path": str(plain), "content": "listeners.tcp = 5672\n", "owner": OWNER, "group": GROUP, "mode": "0644"}
+        ],
+        "secret_files": [
+            {"path": str(secret), "content": "password = 'é-secret'\n", "owner": OWNER, "group": GROUP, "mode": "0640"}
+        ],
     }
     return layout, folder, plain, secret
 

@@ -1,4 +1,5 @@
 """scripts/new-vault: a new environment's vault, with strong random secrets, encrypted with the operator's password."""
+
 import os
 import re
 import subprocess
@@ -17,7 +18,10 @@ def new_vault(tmp_path, name="vault.yml"):
     dest = tmp_path / "group_vars" / "all" / name
     done = subprocess.run(
         [str(NEW_VAULT), str(dest), "--vault-password-file", str(password_file)],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, ANSIBLE_VAULT=str(ANSIBLE_VAULT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, ANSIBLE_VAULT=str(ANSIBLE_VAULT)),
     )
     return done, dest, password_file
 
@@ -25,7 +29,10 @@ def new_vault(tmp_path, name="vault.yml"):
 def decrypt(dest, password_file):
     plain = subprocess.run(
         [str(ANSIBLE_VAULT), "view", "--vault-password-file", str(password_file), str(dest)],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     return yaml.safe_load(plain)
 

@@ -4,6 +4,7 @@ site.yml reads every node once (roles/rabbitmq/tasks/status.yml) and hands the q
 to the module, which then lists nothing itself unless it changes something. These tests pin that the read is
 taken as `rabbitmqctl list_queues` would give it, so the plan is the same either way.
 """
+
 import importlib.util
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 The module runs against real brokers in every scenario; these tests pin its decisions on definitions as
 `rabbitmqctl export_definitions` prints them, including the salted hashes RabbitMQ stores.
 """
+
 import base64
 import hashlib
 import importlib.util
@@ -39,8 +40,10 @@ def granted(name, vhost="myvhost"):
     return {"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
 
 
-@pytest.mark.parametrize("digest, algorithm", [(hashlib.sha256, "rabbit_password_hashing_sha256"),
-                                               (hashlib.sha512, "rabbit_password_hashing_sha512")])
+@pytest.mark.parametrize(
+    "digest, algorithm",
+    [(hashlib.sha256, "rabbit_password_hashing_sha256"), (hashlib.sha512, "rabbit_password_hashing_sha512")],
+)
 def test_a_password_is_checked_against_the_salted_hash(digest, algorithm):
     salted = stored("s3cret pass", salt=b"abcd", digest=digest)
     assert access.password_matches("s3cret pass", salted, algorithm) is True
@@ -56,10 +59,13 @@ def test_a_user_without_a_password_never_matches():
 
 
 def test_nothing_to_do_when_the_broker_matches():
-    have = definitions([broker_user("myuser", "pw-one"), broker_user("admin", "pw-two", ["administrator"])],
-                       [granted("myuser"), granted("admin")])
-    steps = access.plan(have, ["myvhost"], [want("myuser", "pw-one"), want("admin", "pw-two", ["administrator"])],
-                        ["guest"])
+    have = definitions(
+        [broker_user("myuser", "pw-one"), broker_user("admin", "pw-two", ["administrator"])],
+        [granted("myuser"), granted("admin")],
+    )
+    steps = access.plan(
+        have, ["myvhost"], [want("myuser", "pw-one"), want("admin", "pw-two", ["administrator"])], ["guest"]
+    )
     assert steps == []
 
 
@@ -76,8 +82,10 @@ def test_a_fresh_broker_gets_everything_in_order():
 
 
 def test_a_rotated_password_changed_tags_and_stray_permissions_are_corrected():
-    have = definitions([broker_user("myuser", "old", ["administrator"])],
-                       [granted("myuser", "/"), {**granted("myuser"), "write": "^$"}])
+    have = definitions(
+        [broker_user("myuser", "old", ["administrator"])],
+        [granted("myuser", "/"), {**granted("myuser"), "write": "^$"}],
+    )
     steps = access.plan(have, ["myvhost"], [want("myuser", "new")], [])
     assert steps == [
         ("change_password", "myuser", None),
@@ -93,17 +101,28 @@ def test_a_password_the_module_cannot_check_is_checked_by_the_broker():
 
 
 def test_the_report_names_users_and_vhosts_only():
-    steps = [("add_user", "myuser", None), ("set_permissions", "myuser", ("myvhost", ".*", ".*", ".*")),
-             ("clear_permissions", "myuser", "/")]
+    steps = [
+        ("add_user", "myuser", None),
+        ("set_permissions", "myuser", ("myvhost", ".*", ".*", ".*")),
+        ("clear_permissions", "myuser", "/"),
+    ]
     report = access.describe(steps)
-    assert report == {"add_user": ["myuser"], "set_permissions": ["myuser on myvhost"],
-                      "clear_permissions": ["myuser on /"]}
+    assert report == {
+        "add_user": ["myuser"],
+        "set_permissions": ["myuser on myvhost"],
+        "clear_permissions": ["myuser on /"],
+    }
 
 
 def test_additions_and_changes_become_one_import_of_salted_hashes_never_a_password():
-    have = definitions(users=[broker_user("myuser", "old-password-123"), broker_user("guest", "guest-password")],
-                       permissions=[granted("guest")])
-    users = [want("myuser", "new-password-123", tags=["monitoring"]), want("admin", "admin-password-1", vhosts=("other",))]
+    have = definitions(
+        users=[broker_user("myuser", "old-password-123"), broker_user("guest", "guest-password")],
+        permissions=[granted("guest")],
+    )
+    users = [
+        want("myuser", "new-password-123", tags=["monitoring"]),
+        want("admin", "admin-password-1", vhosts=("other",)),
+    ]
     steps = access.plan(have, ["myvhost", "other"], users, ["guest"])
     document = access.import_document(have, steps, users)
     assert [v["name"] for v in document["vhosts"]] == ["other"]
@@ -130,8 +149,13 @@ def test_the_import_reads_a_private_file_that_is_gone_afterwards():
 
     def rabbitmqctl(*args, stdin=None):
         path = Path(args[1])
-        seen.update(args=args, stdin=stdin, mode=path.stat().st_mode & 0o777,
-                    folder=path.parent.stat().st_mode & 0o777, document=path.read_text())
+        seen.update(
+            args=args,
+            stdin=stdin,
+            mode=path.stat().st_mode & 0o777,
+            folder=path.parent.stat().st_mode & 0o777,
+            document=path.read_text(),
+        )
         return 0, "", ""
 
     document = {"users": [broker_user("myuser", "a-password-here")], "vhosts": [], "permissions": []}

@@ -3,6 +3,7 @@
 The build itself (python -m build, pip download) runs in every scenario's converge; these tests replace it
 with one that writes a wheel, and pin what decides a rebuild, what is reused and what is kept.
 """
+
 import importlib.util
 import os
 from pathlib import Path
@@ -48,15 +49,20 @@ def test_an_unchanged_release_is_built_once_and_then_reused(tmp_path, source, bu
     assert first["built"] and not again["built"]
     assert len(builds) == 1
     assert {key: again[key] for key in ("path", "wheel", "checksum")} == {
-        key: first[key] for key in ("path", "wheel", "checksum")}
+        key: first[key] for key in ("path", "wheel", "checksum")
+    }
     assert first["wheel"] == "fetcher-0.1.0-py3-none-any.whl"
 
 
-@pytest.mark.parametrize("change", [
-    lambda app: (app / "src" / "fetcher" / "tasks.py").write_text("def add(x, y):\n    return y + x\n"),
-    lambda app: (app / "requirements.txt").write_text("celery==5.7.1\n"),
-    lambda app: (app / "src" / "fetcher" / "new.py").write_text(""),
-], ids=["code", "requirements", "new file"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda app: (app / "src" / "fetcher" / "tasks.py").write_text("def add(x, y):\n    return y + x\n"),
+        lambda app: (app / "requirements.txt").write_text("celery==5.7.1\n"),
+        lambda app: (app / "src" / "fetcher" / "new.py").write_text(""),
+    ],
+    ids=["code", "requirements", "new file"],
+)
 def test_a_changed_source_is_a_new_release(tmp_path, source, builds, change):
     first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
     change(source)
@@ -124,6 +130,7 @@ def test_two_runs_building_the_same_release_at_once_both_succeed(tmp_path, sourc
 
 def test_a_release_arrives_as_one_archive_of_its_wheels_and_pinned_requirements(tmp_path, source, builds):
     import tarfile
+
     first = wheelhouse.main(tmp_path / "cache", source, "3.11", PLATFORMS)
     with tarfile.open(first["archive"]) as tar:
         assert sorted(tar.getnames()) == ["fetcher-0.1.0-py3-none-any.whl", "requirements.txt"]

@@ -14,9 +14,7 @@ def full_jitter(low, high):
     return high
 
 
-@pytest.mark.parametrize(
-    ("retries", "low", "high"), [(0, 1, 1), (1, 1, 2), (3, 4, 8), (5, 16, 32), (9, 30, 60)]
-)
+@pytest.mark.parametrize(("retries", "low", "high"), [(0, 1, 1), (1, 1, 2), (3, 4, 8), (5, 16, 32), (9, 30, 60)])
 def test_exponential_with_half_the_delay_jittered(retries, low, high):
     assert retry_delay(retries, maximum=60, jitter=no_jitter) == low
     assert retry_delay(retries, maximum=60, jitter=full_jitter) == high

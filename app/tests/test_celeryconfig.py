@@ -139,8 +139,6 @@ def test_the_loaded_app_uses_this_configuration(fetcher_app):
     conf = fetcher_app.app.conf
 
     assert conf.task_default_queue == "server"
-    assert (
-        sorted(conf.task_queues, key=lambda queue: queue.name)[0].queue_arguments["x-queue-type"] == "quorum"
-    )
+    assert sorted(conf.task_queues, key=lambda queue: queue.name)[0].queue_arguments["x-queue-type"] == "quorum"
     assert conf.task_acks_late is True
     assert "fan-out-to-laptop" in conf.beat_schedule

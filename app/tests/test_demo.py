@@ -36,9 +36,7 @@ def test_defaults():
 
 
 def test_options():
-    args = parse_args(
-        ["--routing-key", "laptop_task", "--count", "3", "--show-hosts", "--json", "--timeout", "5"]
-    )
+    args = parse_args(["--routing-key", "laptop_task", "--count", "3", "--show-hosts", "--json", "--timeout", "5"])
     assert (args.routing_key, args.count, args.show_hosts, args.json, args.timeout) == (
         "laptop_task",
         3,

@@ -56,9 +56,7 @@ def test_without_a_logfile_lines_go_to_stderr(capsys, root_logging):
 def test_the_app_takes_over_celerys_logging_setup(fetcher_app, tmp_path, root_logging):
     logfile = tmp_path / "beat.log"
 
-    setup_logging.send(
-        sender=None, loglevel="DEBUG", logfile=str(logfile), format="%(message)s", colorize=False
-    )
+    setup_logging.send(sender=None, loglevel="DEBUG", logfile=str(logfile), format="%(message)s", colorize=False)
     logging.getLogger("fetcher.tasks").info("Received %s and %s", 1, 2)
 
     assert LINE.match(logfile.read_text().strip()), "the [logging] settings win over Celery's arguments"

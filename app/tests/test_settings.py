@@ -113,7 +113,11 @@ def test_a_missing_section_is_named(tmp_path):
         ),
         ('name = "desktop"', 'name = "laptop"', "routing.queues must not repeat a queue name"),
         ("soft_time_limit = 270", "soft_time_limit = 300", "worker.soft_time_limit must be less than"),
-        ("max_tasks_per_child = 1000", "max_tasks_per_child = -1", "worker.max_tasks_per_child must be an integer >= 0"),
+        (
+            "max_tasks_per_child = 1000",
+            "max_tasks_per_child = -1",
+            "worker.max_tasks_per_child must be an integer >= 0",
+        ),
         (
             "prefetch_multiplier = 1",
             "prefetch_multiplier = 1\nmax_retry = 3",

@@ -44,9 +44,7 @@ def read_back(broker, queue):
     return messages
 
 
-def test_fan_out_sends_one_my_test_per_number_over_one_producer(
-    tasks, fetcher_app, broker, caplog, monkeypatch
-):
+def test_fan_out_sends_one_my_test_per_number_over_one_producer(tasks, fetcher_app, broker, caplog, monkeypatch):
     pool = fetcher_app.app.producer_pool
     acquired = []
     acquire = pool.acquire
@@ -121,12 +119,8 @@ def test_call_api_fails_at_once_on_a_client_error(tasks, api_requests, countdown
     assert countdowns == []
 
 
-@pytest.mark.parametrize(
-    ("item", "expected"), [("down", None), ("limited", [7, 7]), ("limited-long", [3600, 3600])]
-)
-def test_call_api_retries_transient_errors_with_one_request_each(
-    tasks, api_requests, countdowns, item, expected
-):
+@pytest.mark.parametrize(("item", "expected"), [("down", None), ("limited", [7, 7]), ("limited-long", [3600, 3600])])
+def test_call_api_retries_transient_errors_with_one_request_each(tasks, api_requests, countdowns, item, expected):
     result = tasks.call_api.apply((item,))
 
     # Eager mode runs each retry at once; max_retries is 2 in the sample file: 1 try + 2 retries.

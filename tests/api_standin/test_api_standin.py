@@ -106,8 +106,7 @@ def serve():
 
 def rate_headers(response):
     return {
-        name: response.headers.get(name)
-        for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+        name: response.headers.get(name) for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
     }
 
 

@@ -3,6 +3,7 @@
 Every inventory host (server, laptop) reaches the SAME container through ansible_host, so a run that
 validates wrongly would change that one machine; each test checks it is still untouched.
 """
+
 import json
 import os
 import re
@@ -42,15 +43,30 @@ def ansible_env():
 
 # --- the container ---------------------------------------------------------------------------------
 
+
 def _start_container():
     run("docker", "rm", "-f", CONTAINER)
     if run("docker", "image", "inspect", IMAGE).returncode != 0:
         # The image can never be pulled: build it locally.
         run(str(REPO / "molecule" / "resources" / "image" / "build"), IMAGE.split(":")[1], check=True, timeout=900)
     run(
-        "docker", "run", "-d", "--name", CONTAINER, "--hostname", CONTAINER,
-        "--cap-add", "SYS_ADMIN", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs", "/run", "--tmpfs", "/run/lock", IMAGE,
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        CONTAINER,
+        "--hostname",
+        CONTAINER,
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cgroupns=host",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        IMAGE,
         check=True,
     )
     deadline = time.monotonic() + 90
@@ -101,6 +117,7 @@ def target(container):
 
 # --- temporary inventories -------------------------------------------------------------------------
 
+
 def _yaml_scalar(value):
     # JSON scalars are valid YAML flow scalars; no YAML library needed.
     return json.dumps(value)
@@ -110,8 +127,11 @@ def _yaml_scalar(value):
 def testbed_vault_lines():
     """The test bed's vault, decrypted once, as lines ('key: value'); written back only re-encrypted."""
     view = run(
-        "ansible-vault", "view", str(TESTBED / "group_vars" / "all" / "vault.yml"),
-        env=ansible_env(), check=True,
+        "ansible-vault",
+        "view",
+        str(TESTBED / "group_vars" / "all" / "vault.yml"),
+        env=ansible_env(),
+        check=True,
     )
     return view.stdout.splitlines()
 
@@ -191,6 +211,7 @@ def inventory(tmp_path, testbed_vault_lines):
 
 # --- running the playbook --------------------------------------------------------------------------
 
+
 class PlaybookRun:
     """One ansible-playbook run and what it left in the container (tests cannot import this conftest
     reliably, molecule/ has one too, so everything they need comes through fixtures and this object)."""
@@ -237,7 +258,13 @@ def playbook():
     def _run(inventory, *args, path=PLAYBOOK):
         completed = subprocess.run(
             ["ansible-playbook", "-i", str(inventory.hosts), str(path), *args],
-            cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+            cwd=REPO,
+            env=ansible_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
         )
         return PlaybookRun(completed)
+
     return _run

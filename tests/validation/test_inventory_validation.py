@@ -5,6 +5,7 @@ one throwaway container of conftest.py), alters one thing, runs playbooks/rabbit
 the run fails, one validation task failed with the expected message, the recap shows changed=0 for every
 host, and the container is untouched (no rabbitmq-server package, no cluster block in /etc/hosts).
 """
+
 import re
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def test_unknown_node_type_is_rejected_by_argument_spec(target, inventory, playb
     inventory.update_host_vars("laptop", rabbitmq_node_type=node_type)
     run = playbook(inventory)
     assert_rejected(
-        run, ARG_SPEC_TASK,
+        run,
+        ARG_SPEC_TASK,
         r"rabbitmq_node_type",
         r"must be one of: disc, ram",
         rf"got: {node_type}",
@@ -60,7 +62,8 @@ def test_cluster_without_disc_node(target, inventory, playbook):
     inventory.update_host_vars("server", rabbitmq_node_type="ram")
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that the cluster has at least one disc node",
+        run,
+        "rabbitmq : Check that the cluster has at least one disc node",
         r"No disc node in group 'rabbitmq'",
         r"rabbitmq_node_type: disc",
     )
@@ -72,8 +75,10 @@ def test_missing_cookie_without_vault(target, inventory, playbook):
     inventory.remove_vault()
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that the Erlang cookie is set",
-        r"Erlang cookie is missing", r"vault_rabbitmq_erlang_cookie",
+        run,
+        "rabbitmq : Check that the Erlang cookie is set",
+        r"Erlang cookie is missing",
+        r"vault_rabbitmq_erlang_cookie",
     )
 
 
@@ -81,8 +86,10 @@ def test_empty_cookie_in_vault(target, inventory, playbook):
     inventory.vault(vault_rabbitmq_erlang_cookie="")
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that the Erlang cookie is set",
-        r"Erlang cookie is missing", r"vault_rabbitmq_erlang_cookie",
+        run,
+        "rabbitmq : Check that the Erlang cookie is set",
+        r"Erlang cookie is missing",
+        r"vault_rabbitmq_erlang_cookie",
         r"scripts/new-vault",  # the tool that makes a vault really exists
     )
     assert (REPO / "scripts" / "new-vault").exists(), "the message points at scripts/new-vault, which is gone"
@@ -94,8 +101,10 @@ def test_weak_cookie(target, inventory, playbook, cookie):
     inventory.vault(vault_rabbitmq_erlang_cookie=cookie)
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that the Erlang cookie is strong",
-        r"Erlang cookie for \w+ is weak", r"vault_rabbitmq_erlang_cookie",
+        run,
+        "rabbitmq : Check that the Erlang cookie is strong",
+        r"Erlang cookie for \w+ is weak",
+        r"vault_rabbitmq_erlang_cookie",
     )
     assert cookie not in run.output, "the weak cookie itself was printed in the output"
 
@@ -106,7 +115,8 @@ def test_missing_user_password_in_vault(target, inventory, playbook):
     inventory.vault(drop=["vault_rabbitmq_app_password"])
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that every user has a strong password",
+        run,
+        "rabbitmq : Check that every user has a strong password",
         r"users without a password of at least 12 characters: \['myuser'\]",
     )
 
@@ -116,7 +126,8 @@ def test_weak_user_password_in_vault(target, inventory, playbook, password):
     inventory.vault(vault_rabbitmq_admin_password=password)
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that every user has a strong password",
+        run,
+        "rabbitmq : Check that every user has a strong password",
         r"users without a password of at least 12 characters: \['admin'\]",
     )
 
@@ -127,7 +138,8 @@ def test_duplicate_node_names(target, inventory, playbook):
     inventory.update_host_vars("laptop", rabbitmq_nodename="rabbit@shared")
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that node names are unique",
+        run,
+        "rabbitmq : Check that node names are unique",
         r"share a node name \(rabbit@shared, rabbit@shared\)",
     )
 
@@ -139,7 +151,8 @@ def test_unresolvable_member_without_etc_hosts(target, inventory, playbook):
     inventory.update_host_vars("laptop", rabbitmq_manage_etc_hosts=False, rabbitmq_nodename="rabbit@no-such-member-x7")
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that every member's name resolves to one address of its own",
+        run,
+        "rabbitmq : Check that every member's name resolves to one address of its own",
         r"short name must resolve",
         r"unresolved:\s*\['laptop'\]",
     )
@@ -156,7 +169,8 @@ def test_duplicate_addresses_with_managed_etc_hosts(target, inventory, playbook,
         inventory.host_vars(host, **variables)
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that every member has a distinct address for /etc/hosts",
+        run,
+        "rabbitmq : Check that every member has a distinct address for /etc/hosts",
         r"Each member needs its own address for /etc/hosts",
         r"'laptop': '([\d.]+)', 'server': '\1'",
     )
@@ -187,8 +201,10 @@ def test_a_cluster_whose_only_disc_node_is_occasional_is_rejected(target, invent
     inventory.update_host_vars("server", rabbitmq_node_occasional=True)
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that the cluster has a dependable disc node",
-        r"Every disc node of 'rabbitmq' is occasional", r"rabbitmq_node_occasional: false",
+        run,
+        "rabbitmq : Check that the cluster has a dependable disc node",
+        r"Every disc node of 'rabbitmq' is occasional",
+        r"rabbitmq_node_occasional: false",
     )
 
 
@@ -197,7 +213,8 @@ def test_more_replicas_than_dependable_nodes_is_rejected(target, inventory, play
     inventory.update_host_vars("laptop", rabbitmq_quorum_replicas=3, rabbitmq_node_occasional=True)
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check the replica count",
+        run,
+        "rabbitmq : Check the replica count",
         r"rabbitmq_quorum_replicas is 3, but 'rabbitmq' has\s+1 dependable node",
     )
 
@@ -208,8 +225,11 @@ def test_members_of_different_release_series_are_refused(target, inventory, play
     inventory.update_host_vars("laptop", rabbitmq_packages=["rabbitmq-server=4.0.5-1"])
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Refuse members of different RabbitMQ release series",
-        r"would run different RabbitMQ\s+release series", r"server\s+3\.13\.7", r"laptop\s+4\.0\.5",
+        run,
+        "rabbitmq : Refuse members of different RabbitMQ release series",
+        r"would run different RabbitMQ\s+release series",
+        r"server\s+3\.13\.7",
+        r"laptop\s+4\.0\.5",
         r"one\s+series\s+at\s+a\s+time",
     )
 
@@ -219,8 +239,11 @@ def test_a_ram_node_is_refused_where_the_broker_has_none(target, inventory, play
         inventory.update_host_vars(host, rabbitmq_packages=["rabbitmq-server=4.3.0-1"])
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Refuse a RAM node where the broker has none any more",
-        r"laptop is a RAM\s+node", r"but\s+RabbitMQ\s+4\.3\.0", r"rabbitmq_node_type:\s+disc",
+        run,
+        "rabbitmq : Refuse a RAM node where the broker has none any more",
+        r"laptop is a RAM\s+node",
+        r"but\s+RabbitMQ\s+4\.3\.0",
+        r"rabbitmq_node_type:\s+disc",
     )
 
 
@@ -230,16 +253,23 @@ def test_a_misspelt_variable_is_refused_with_the_name_it_resembles(target, inven
     inventory.update_host_vars("laptop", rabbitmq_nod_type="ram")
     run = playbook(inventory)
     assert_rejected(
-        run, "rabbitmq : Check that every rabbitmq_ variable of this host is one the role knows",
+        run,
+        "rabbitmq : Check that every rabbitmq_ variable of this host is one the role knows",
         r"laptop: rabbitmq_nod_type \(did you mean rabbitmq_node_type\?\): not a variable of the rabbitmq\s+role",
         r"Correct its name in the inventory",
     )
 
 
-@pytest.mark.parametrize(("variable", "value"), [("rabbitmq_disk_free_limit_relative", 0),
-                                                 ("rabbitmq_disk_free_limit_absolute", "5 gigabytes")])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("rabbitmq_disk_free_limit_relative", 0), ("rabbitmq_disk_free_limit_absolute", "5 gigabytes")],
+)
 def test_a_disk_free_limit_that_is_no_size_is_refused(target, inventory, playbook, variable, value):
     inventory.update_host_vars("server", **{variable: value})
     run = playbook(inventory)
-    assert_rejected(run, "rabbitmq : Check the disk-free limit", r"server: rabbitmq_disk_free_limit_relative",
-                    r"a number followed by\s+kB, MB, GB")
+    assert_rejected(
+        run,
+        "rabbitmq : Check the disk-free limit",
+        r"server: rabbitmq_disk_free_limit_relative",
+        r"a number followed by\s+kB, MB, GB",
+    )

@@ -1,4 +1,5 @@
 """The operations playbooks refuse what they cannot do safely, with a message, before they touch a node."""
+
 from pathlib import Path
 
 from test_inventory_validation import assert_rejected
@@ -9,8 +10,10 @@ PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 def test_a_rolling_restart_of_two_nodes_asks_before_pausing_the_quorum_queues(target, inventory, playbook):
     run = playbook(inventory, path=PLAYBOOKS / "rolling-restart.yml")
     assert_rejected(
-        run, "Check that the cluster has three nodes or more",
-        r"With 2 nodes every quorum queue loses its majority", r"-e rolling_restart_accept_unavailable=true",
+        run,
+        "Check that the cluster has three nodes or more",
+        r"With 2 nodes every quorum queue loses its majority",
+        r"-e rolling_restart_accept_unavailable=true",
         hosts=("server", "laptop"),  # both answer and validate; the check runs once, for the cluster
     )
 
@@ -33,7 +36,8 @@ def test_a_password_rotation_refuses_a_missing_password_before_changing_anything
 def test_removing_the_last_dependable_disc_node_is_refused(target, inventory, playbook):
     run = playbook(inventory, "-e", "node=server", path=PLAYBOOKS / "remove-node.yml")
     assert_rejected(
-        run, "Check that a dependable disc node remains",
+        run,
+        "Check that a dependable disc node remains",
         r"Nothing was changed: removing server would leave no dependable disc node",
     )
 

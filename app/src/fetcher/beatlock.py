@@ -189,9 +189,7 @@ class BeatLock:
             next_ping = self._send_ping(channel)
             self._wait_for_events(connection, min(next_ping - self._clock(), PING_INTERVAL))
             if self.held:
-                self._log_once(
-                    "held", logging.INFO, "the broker answers again; holding the beat lock %s", self.name
-                )
+                self._log_once("held", logging.INFO, "the broker answers again; holding the beat lock %s", self.name)
             elif not self._stopping.is_set():
                 self._log_once(
                     "lapsed",

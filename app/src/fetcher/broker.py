@@ -20,8 +20,17 @@ def broker_urls(broker: BrokerSettings) -> list[str]:
 
 # The properties a message keeps when it is published again (user_id would have to match the publishing
 # connection's user, so it is left out).
-KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "delivery_mode", "expiration", "message_id",
-                   "timestamp", "type", "app_id")
+KEPT_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "priority",
+    "delivery_mode",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
 
 
 def publish_again(producer, message, exchange: str, routing_key: str, headers: dict | None = None) -> None:
@@ -31,7 +40,13 @@ def publish_again(producer, message, exchange: str, routing_key: str, headers: d
     the broker has the copy by then. `headers` replaces the message's own.
     """
     properties = {key: message.properties[key] for key in KEPT_PROPERTIES if message.properties.get(key) is not None}
-    producer.publish(message.body, exchange=exchange, routing_key=routing_key,
-                     headers=dict(message.headers or {}) if headers is None else headers,
-                     content_type=message.content_type, content_encoding=message.content_encoding, retry=True,
-                     **properties)
+    producer.publish(
+        message.body,
+        exchange=exchange,
+        routing_key=routing_key,
+        headers=dict(message.headers or {}) if headers is None else headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        retry=True,
+        **properties,
+    )

@@ -80,11 +80,7 @@ class Table:
     def strings(self, key: str) -> tuple[str, ...]:
         """A non-empty array of distinct non-empty strings."""
         value = self._get(key)
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(item, str) and item for item in value)
-        ):
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
             raise self.error(key, "must be a non-empty array of non-empty strings")
         if len(set(value)) != len(value):
             raise self.error(key, "must not repeat an entry")

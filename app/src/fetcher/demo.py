@@ -48,13 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="fetcher-demo",
         description="Send MyTest (2,2) (4,4) (8,8) (16,16) through the cluster and print the results.",
     )
-    parser.add_argument(
-        "--routing-key", metavar="KEY", help="send to this key's queue (default: this host's)"
-    )
+    parser.add_argument("--routing-key", metavar="KEY", help="send to this key's queue (default: this host's)")
     parser.add_argument("--count", type=_positive_int, metavar="N", help="send (1,1) .. (N,N) instead")
-    parser.add_argument(
-        "--show-hosts", action="store_true", help="after the list, print which host ran each task"
-    )
+    parser.add_argument("--show-hosts", action="store_true", help="after the list, print which host ran each task")
     parser.add_argument(
         "--json",
         action="store_true",

@@ -134,7 +134,10 @@ class QuotaGovernor(bootsteps.StartStopStep):
             self._consumer.cancel_task_queue(queue)
         logger.warning(
             "API allowance spent (%d of %d calls): not consuming %s until the window resets at %s",
-            status.used, status.allowance, ", ".join(self.queues), utc_time(status.reset_at),
+            status.used,
+            status.allowance,
+            ", ".join(self.queues),
+            utc_time(status.reset_at),
         )
 
     def _resume(self, status: QuotaStatus) -> None:
@@ -142,7 +145,10 @@ class QuotaGovernor(bootsteps.StartStopStep):
             self._consumer.add_task_queue(queue)
         logger.info(
             "API allowance available (%d of %d calls left until %s): consuming %s again",
-            status.remaining, status.allowance, utc_time(status.reset_at), ", ".join(self.queues),
+            status.remaining,
+            status.allowance,
+            utc_time(status.reset_at),
+            ", ".join(self.queues),
         )
 
 
@@ -184,8 +190,9 @@ class QuotaRequest(Request):
                     task_ready(self)
                     self.acknowledge()
                     self.send_event("task-rejected", requeue=True)
-                    logger.info("Task %s went back to its queue unrun (return %d): the allowance is spent",
-                                self.id, returns)
+                    logger.info(
+                        "Task %s went back to its queue unrun (return %d): the allowance is spent", self.id, returns
+                    )
                     return None
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 

@@ -27,8 +27,15 @@ from fetcher.queues import dead_letter_queue, declare_all
 from fetcher.settings import Settings, config_path, load_settings
 
 
-def move(settings: Settings, old: Connection, new: Connection, idle: float, timeout: float,
-         clock=time.monotonic, sleep=time.sleep) -> dict[str, int]:
+def move(
+    settings: Settings,
+    old: Connection,
+    new: Connection,
+    idle: float,
+    timeout: float,
+    clock=time.monotonic,
+    sleep=time.sleep,
+) -> dict[str, int]:
     """Move every message of the system's queues from `old` to `new`; {queue: messages moved}."""
     names = [queue.name for queue in settings.routing.queues] + [dead_letter_queue(settings.routing).name]
     declare_all(new, settings.routing)
@@ -71,18 +78,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     old_broker = replace(settings.broker, hosts=tuple(options.old))
     started = time.monotonic()
-    options_for = {"transport_options": {"confirm_publish": True}, "heartbeat": settings.broker.heartbeat,
-                   "connect_timeout": settings.broker.connect_timeout}
-    with (Connection(broker_urls(old_broker), **options_for) as old,
-          Connection(broker_urls(settings.broker), **options_for) as new):
+    options_for = {
+        "transport_options": {"confirm_publish": True},
+        "heartbeat": settings.broker.heartbeat,
+        "connect_timeout": settings.broker.connect_timeout,
+    }
+    with (
+        Connection(broker_urls(old_broker), **options_for) as old,
+        Connection(broker_urls(settings.broker), **options_for) as new,
+    ):
         moved = move(settings, old, new, options.idle, options.timeout)
-    report = {"moved": moved, "total": sum(moved.values()), "seconds": round(time.monotonic() - started, 1),
-              "from": list(options.old), "to": list(settings.broker.hosts)}
+    report = {
+        "moved": moved,
+        "total": sum(moved.values()),
+        "seconds": round(time.monotonic() - started, 1),
+        "from": list(options.old),
+        "to": list(settings.broker.hosts),
+    }
     if options.json:
         print(json.dumps(report))
     else:
-        print(f"Moved {report['total']} messages from {', '.join(report['from'])} to {', '.join(report['to'])} "
-              f"in {report['seconds']} s: " + ", ".join(f"{name} {count}" for name, count in moved.items()))
+        print(
+            f"Moved {report['total']} messages from {', '.join(report['from'])} to {', '.join(report['to'])} "
+            f"in {report['seconds']} s: " + ", ".join(f"{name} {count}" for name, count in moved.items())
+        )
     return 0
 
 

@@ -184,9 +184,7 @@ def _read_table(path: Path, variable: str) -> Table:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (set {variable} to use another path)") from None
     except PermissionError:
-        raise ConfigError(
-            f"{path}: not readable by this user (it should be group-readable, mode 0640)"
-        ) from None
+        raise ConfigError(f"{path}: not readable by this user (it should be group-readable, mode 0640)") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:

@@ -100,8 +100,6 @@ def api_client() -> api.ApiClient:
     On a host with `[quota]` it takes every call from the host's shared counter first.
     """
     if settings.api is None:
-        raise ConfigError(
-            f"{settings.source}: [api] is missing, and call_api needs its base_url, token, timeout"
-        )
+        raise ConfigError(f"{settings.source}: [api] is missing, and call_api needs its base_url, token, timeout")
     quota = counter_for(settings.quota) if settings.quota is not None else None
     return api.ApiClient(settings.api, api.new_session(), quota=quota)

@@ -1,4 +1,5 @@
 """The fetcher app on every server: routing by host, a shared queue, beat on one host, and nothing lost."""
+
 import re
 
 import pytest
@@ -87,7 +88,9 @@ def test_tasks_sent_while_every_worker_is_stopped_run_when_they_start(app_user):
     set_workers("stop")
     try:
         before = queue_depths(node("server"), vhost).get("desktop", 0)
-        client = BackgroundDemo("server", "stopped", "--routing-key", "desktop_task", "--count", "6", "--timeout", "300")
+        client = BackgroundDemo(
+            "server", "stopped", "--routing-key", "desktop_task", "--count", "6", "--timeout", "300"
+        )
         wait_for(lambda: queue_depths(node("server"), vhost)["desktop"] >= before + 6, 60, "6 tasks to be queued")
     finally:
         set_workers("start")
@@ -105,8 +108,9 @@ def test_with_one_of_three_brokers_down_queued_and_new_tasks_all_complete(app_us
         wait_for(lambda: queue_depths(node("server"), vhost)["laptop"] >= 10, 60, "10 tasks to be queued")
         down.check_output("systemctl stop rabbitmq-server")
         # Sent meanwhile, through laptop's own broker, to desktop's queue: desktop's worker must fail over.
-        meanwhile = BackgroundDemo("laptop", "meanwhile", "--routing-key", "desktop_task", "--count", "10",
-                                   "--timeout", "300")
+        meanwhile = BackgroundDemo(
+            "laptop", "meanwhile", "--routing-key", "desktop_task", "--count", "10", "--timeout", "300"
+        )
         set_workers("start")
         first, second = queued.report(240), meanwhile.report(240)
     finally:
@@ -124,8 +128,11 @@ def test_a_task_that_fails_for_good_is_dead_lettered_not_dropped(app_user):
     node("server").check_output(
         f"{FETCHER}/celery -A fetcher.app call fetcher.tasks.add --args '[\"x\", 1]' --queue desktop"
     )
-    wait_for(lambda: queue_depths(node("server"), vhost).get("tasks.dead", 0) == before + 1, 60,
-             "the failed task to reach the dead-letter queue")
+    wait_for(
+        lambda: queue_depths(node("server"), vhost).get("tasks.dead", 0) == before + 1,
+        60,
+        "the failed task to reach the dead-letter queue",
+    )
 
 
 def test_a_second_beat_sends_nothing_until_the_first_lets_go():
@@ -143,21 +150,33 @@ def test_a_second_beat_sends_nothing_until_the_first_lets_go():
     )
     try:
         # The log appears only once the second beat has started (seconds on a busy machine).
-        wait_for(lambda: "another beat holds the lock" in node(second).run(f"cat {log}").stdout, 60,
-                 "the second beat to see the lock held")
+        wait_for(
+            lambda: "another beat holds the lock" in node(second).run(f"cat {log}").stdout,
+            60,
+            "the second beat to see the lock held",
+        )
         sent_before = len(beat_sends(first, "/var/log/fetcher/beat.log", entry))
-        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= sent_before + 2, 60,
-                 "the first beat to go on sending")
+        wait_for(
+            lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= sent_before + 2,
+            60,
+            "the first beat to go on sending",
+        )
         assert beat_sends(second, log, entry) == [], "the second beat sent without the lock"
         node(first).check_output("systemctl stop fetcher-beat")
         wait_for(lambda: len(beat_sends(second, log, entry)) >= 2, 120, "the second beat to take the lock and send")
         node(first).check_output("systemctl start fetcher-beat")
-        wait_for(lambda: "another beat holds the lock" in node(first).run(
-            "tail -n 20 /var/log/fetcher/beat.log").stdout, 60, "the restarted first beat to wait for the lock")
+        wait_for(
+            lambda: "another beat holds the lock" in node(first).run("tail -n 20 /var/log/fetcher/beat.log").stdout,
+            60,
+            "the restarted first beat to wait for the lock",
+        )
         node(second).check_output("kill $(cat /tmp/beat2.pid)")
         taken_back = len(beat_sends(first, "/var/log/fetcher/beat.log", entry))
-        wait_for(lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= taken_back + 2, 120,
-                 "the first beat to take the lock back and send")
+        wait_for(
+            lambda: len(beat_sends(first, "/var/log/fetcher/beat.log", entry)) >= taken_back + 2,
+            120,
+            "the first beat to take the lock back and send",
+        )
     finally:
         node(second).run("kill $(cat /tmp/beat2.pid) 2>/dev/null")
         node(first).check_output("systemctl start fetcher-beat")

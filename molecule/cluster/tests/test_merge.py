@@ -1,4 +1,5 @@
 """Two separate clusters that both hold queues are never merged: the run stops before any host changes."""
+
 import json
 import os
 import re
@@ -17,20 +18,40 @@ def rabbitmq_play(tmp_path, hosts):
     (tmp_path / "group_vars").symlink_to(TESTBED / "group_vars")
     (tmp_path / "host_vars").symlink_to(TESTBED / "host_vars")
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"vars": {"ansible_connection": "community.docker.docker"},
-                                             "children": {"rabbitmq": {"hosts": {h: None for h in hosts}}}}}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    return subprocess.run(["ansible-playbook", str(PROJECT / "playbooks" / "rabbitmq.yml"), "-i", str(inventory)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "vars": {"ansible_connection": "community.docker.docker"},
+                    "children": {"rabbitmq": {"hosts": {h: None for h in hosts}}},
+                }
+            }
+        )
+    )
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    return subprocess.run(
+        ["ansible-playbook", str(PROJECT / "playbooks" / "rabbitmq.yml"), "-i", str(inventory)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_a_second_cluster_with_data_is_refused_with_nothing_changed(host, tmp_path_factory):
     foreign = host.backend.get_hostname()
     built = rabbitmq_play(tmp_path_factory.mktemp("alone"), [foreign])
     assert built.returncode == 0, built.stdout[-3000:]
-    host.check_output("rabbitmqctl eval 'rabbit_amqqueue:declare(rabbit_misc:r(<<\"myvhost\">>, queue, "
-                      "<<\"foreign-work\">>), true, false, [], none, <<\"test\">>).'")
+    host.check_output(
+        "rabbitmqctl eval 'rabbit_amqqueue:declare(rabbit_misc:r(<<\"myvhost\">>, queue, "
+        "<<\"foreign-work\">>), true, false, [], none, <<\"test\">>).'"
+    )
     before = {name: node(name).check_output("rabbitmqctl cluster_status --formatter json") for name in members()}
 
     merged = tmp_path_factory.mktemp("merged")
@@ -46,5 +67,6 @@ def test_a_second_cluster_with_data_is_refused_with_nothing_changed(host, tmp_pa
     assert set(recap.values()) == {"0"}, f"hosts changed before the refusal: {recap}"
     assert "foreign-work" in host.check_output("rabbitmqctl list_queues -p myvhost name --quiet")
     after = {name: node(name).check_output("rabbitmqctl cluster_status --formatter json") for name in members()}
-    assert [json.loads(after[n])["disk_nodes"] for n in members()] == [json.loads(before[n])["disk_nodes"]
-                                                                       for n in members()]
+    assert [json.loads(after[n])["disk_nodes"] for n in members()] == [
+        json.loads(before[n])["disk_nodes"] for n in members()
+    ]

@@ -1,4 +1,5 @@
 """A server added to a running cluster joined it; a removed one was reset and forgotten."""
+
 from conftest import cluster_status, group, members, nodename, quorum_queues
 
 testinfra_hosts = members() + group("rabbitmq_leaving")

@@ -5,6 +5,7 @@ Molecule runs the test files sorted by path (the shared test_cluster.py first, t
 file's name sorts last. The cluster it finds is side_effect's: rabbit1 (disc), rabbit3 (RAM), rabbit4 (disc),
 every held-* quorum queue with its 10 messages and a replica on each.
 """
+
 import os
 import shutil
 import subprocess
@@ -28,12 +29,15 @@ def operator_inventory(folder):
     """The inventory as the operator keeps it after side_effect: Molecule's hosts (their connection), the
     rabbitmq group holding the current members (rabbit2 deleted, rabbit4 added), the test bed's settings."""
     source = yaml.safe_load(Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text())
-    hosts = {name: {"ansible_connection": values["ansible_connection"]} for name, values in source["all"]["hosts"].items()}
+    hosts = {
+        name: {"ansible_connection": values["ansible_connection"]} for name, values in source["all"]["hosts"].items()
+    }
     for link in ("group_vars", "host_vars"):
         (folder / link).symlink_to(PROJECT / "inventories/testbed" / link)
     path = folder / "hosts.yml"
-    path.write_text(yaml.safe_dump({"all": {"hosts": hosts,
-                                            "children": {"rabbitmq": {"hosts": {h: None for h in members()}}}}}))
+    path.write_text(
+        yaml.safe_dump({"all": {"hosts": hosts, "children": {"rabbitmq": {"hosts": {h: None for h in members()}}}}})
+    )
     return path
 
 
@@ -41,10 +45,20 @@ def force_boot(lost):
     """Run playbooks/force-boot.yml as an operator would; return the run and how long it took."""
     folder = Path(tempfile.mkdtemp(prefix="force-boot-inventory-"))
     try:
-        command = ["ansible-playbook", str(PROJECT / "playbooks/force-boot.yml"), "-i", str(operator_inventory(folder)),
-                   "-e", f"lost={lost}"]
-        env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-                   ANSIBLE_FORCE_COLOR="0")
+        command = [
+            "ansible-playbook",
+            str(PROJECT / "playbooks/force-boot.yml"),
+            "-i",
+            str(operator_inventory(folder)),
+            "-e",
+            f"lost={lost}",
+        ]
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+            ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+            ANSIBLE_FORCE_COLOR="0",
+        )
         env.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", str(PROJECT / "inventories/testbed/vault-password"))
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=FORCE_BOOT_TIMEOUT)
@@ -81,14 +95,20 @@ def test_the_others_boot_without_the_last_node_to_stop_once_it_is_gone(app_user)
     for name in remaining:
         if nodename(name) in ram:
             continue
-        wait_for(lambda name=name: "Error while waiting for Mnesia tables" in node(name).check_output(
-            f"tail -c +{written[name] + 1} {logs[name]}"), WAIT_SEEN, f"{name} to wait for {LOST} at boot")
+        wait_for(
+            lambda name=name: "Error while waiting for Mnesia tables"
+            in node(name).check_output(f"tail -c +{written[name] + 1} {logs[name]}"),
+            WAIT_SEEN,
+            f"{name} to wait for {LOST} at boot",
+        )
     for name in remaining:
         assert node(name).run("rabbitmq-diagnostics --quiet check_running").rc != 0, f"{name} booted without {LOST}"
 
     done, took = force_boot(LOST)
-    print(f"force-boot.yml -e lost={LOST} on {len(remaining)} remaining nodes {remaining}: rc {done.returncode}, "
-          f"{took:.0f} s")
+    print(
+        f"force-boot.yml -e lost={LOST} on {len(remaining)} remaining nodes {remaining}: rc {done.returncode}, "
+        f"{took:.0f} s"
+    )
     assert done.returncode == 0, f"force-boot.yml failed:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
 
     status = cluster_status(via)
@@ -98,9 +118,15 @@ def test_the_others_boot_without_the_last_node_to_stop_once_it_is_gone(app_user)
     # Message counts come from the queues' statistics, which lag a few seconds behind a boot.
     def queues_whole():
         found = held(via)
-        return found if sorted(found) == sorted(before) and all(
-            queue["messages"] == 10 and sorted(queue["online"]) == sorted(queue["members"]) for queue in found.values()
-        ) else None
+        return (
+            found
+            if sorted(found) == sorted(before)
+            and all(
+                queue["messages"] == 10 and sorted(queue["online"]) == sorted(queue["members"])
+                for queue in found.values()
+            )
+            else None
+        )
 
     after = wait_for(queues_whole, 120, "every held-* queue online with its 10 messages")
     for queue in after.values():

@@ -1,4 +1,5 @@
 """The whole site.yml on the write-up's two servers (grows as roles are added to site.yml)."""
+
 from conftest import inventory
 
 testinfra_hosts = inventory().get_hosts("all")

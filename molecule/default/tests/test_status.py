@@ -1,4 +1,5 @@
 """playbooks/status.yml on the test bed: one table of the whole cluster, and an exit code cron can act on."""
+
 import os
 import re
 import subprocess
@@ -11,10 +12,21 @@ PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 
 def status():
     """status.yml as an operator runs it, from the repository's root, against the scenario's inventory."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    done = subprocess.run(["ansible-playbook", "playbooks/status.yml", "-i", os.environ["MOLECULE_INVENTORY_FILE"]],
-                          cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    done = subprocess.run(
+        ["ansible-playbook", "playbooks/status.yml", "-i", os.environ["MOLECULE_INVENTORY_FILE"]],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = done.stdout + done.stderr
     print(output[-4000:])
     return done.returncode, re.sub(r"\s+", " ", output)
@@ -29,8 +41,14 @@ def healthy():
 def test_a_healthy_test_bed_is_one_table_and_exit_code_0():
     # The laptop's worker may still be coming back from an earlier test: the status is healthy once it is.
     said = wait_for(healthy, 180, "status.yml exiting 0 on the healthy test bed")
-    for row in (r"rabbit@server running disc", r"rabbit@laptop running ram", r"server myvhost \d+ \d+ [1-9]\d* 1 of 1",
-                r"laptop active", r"BEAT on server: active; last send: .*Sending due task", r"All well"):
+    for row in (
+        r"rabbit@server running disc",
+        r"rabbit@laptop running ram",
+        r"server myvhost \d+ \d+ [1-9]\d* 1 of 1",
+        r"laptop active",
+        r"BEAT on server: active; last send: .*Sending due task",
+        r"All well",
+    ):
         assert re.search(row, said), f"the table lacks {row!r}"
 
 

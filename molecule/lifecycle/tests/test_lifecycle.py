@@ -6,6 +6,7 @@ real Celery tasks, each counted once the broker confirmed it, and every confirme
 (counted by task id in the workers' logs). The tests run in file order, each on the cluster the previous one
 left: converge built lc-delta alone.
 """
+
 import atexit
 import collections
 import json
@@ -41,8 +42,12 @@ WORKERS = [ALPHA, DELTA]
 GAP_BOUND = 60
 # From the beat move on, beat sends one entry every TICK_PERIOD seconds (none before: the counts above stay clear).
 TICK, TICK_PERIOD = "lc-tick", 10
-TICK_SCHEDULE = ["-e", json.dumps({"celery_beat_schedule": [
-    {"name": TICK, "task": "fetcher.tasks.add", "every": TICK_PERIOD, "args": [1, 1]}]})]
+TICK_SCHEDULE = [
+    "-e",
+    json.dumps(
+        {"celery_beat_schedule": [{"name": TICK, "task": "fetcher.tasks.add", "every": TICK_PERIOD, "args": [1, 1]}]}
+    ),
+]
 BEAT_LOG = "/var/log/fetcher/beat.log"
 # The inventory's groups as the operator keeps them, changed step by step (converge: lc-delta alone).
 INVENTORY = {"rabbitmq": [DELTA], "rabbitmq_occasional": [], "celery_workers": [DELTA], "celery_beat": [DELTA]}
@@ -54,8 +59,9 @@ def write_inventory():
     """The inventory of this step: Molecule's hosts (their connection) in INVENTORY's groups, beside the test
     bed's group_vars and host_vars."""
     source = yaml.safe_load(Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text())
-    hosts = {name: {"ansible_connection": values["ansible_connection"]}
-             for name, values in source["all"]["hosts"].items()}
+    hosts = {
+        name: {"ansible_connection": values["ansible_connection"]} for name, values in source["all"]["hosts"].items()
+    }
     groups = {name: {"hosts": {host: None for host in members}} for name, members in INVENTORY.items()}
     for link in ("group_vars", "host_vars"):
         if not (FOLDER / link).exists():
@@ -68,12 +74,18 @@ def write_inventory():
 def playbook(name, *args, succeed=True):
     """Run site.yml or one of playbooks/ as an operator would, against this step's inventory."""
     command = ["ansible-playbook", str(PROJECT / name), "-i", str(write_inventory()), *args]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               ANSIBLE_FORCE_COLOR="0")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+    )
     started = time.monotonic()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    print(f"{name} {' '.join(args)} with rabbitmq={INVENTORY['rabbitmq']} "
-          f"occasional={INVENTORY['rabbitmq_occasional']}: rc {done.returncode}, {time.monotonic() - started:.0f} s")
+    print(
+        f"{name} {' '.join(args)} with rabbitmq={INVENTORY['rabbitmq']} "
+        f"occasional={INVENTORY['rabbitmq_occasional']}: rc {done.returncode}, {time.monotonic() - started:.0f} s"
+    )
     if succeed:
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-5000:]}\n{done.stderr[-2000:]}"
     return done
@@ -169,22 +181,29 @@ class Load:
         """How many times each task id of this run succeeded, over the given workers' logs."""
         counts = collections.Counter()
         for name in hosts:
-            found = node(name).run(
-                f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
-            ).stdout
+            found = (
+                node(name)
+                .run(f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log")
+                .stdout
+            )
             counts.update(re.findall(rf"\[({self.run}-\d+)\]", found))
         return counts
 
     def report(self, what, hosts=WORKERS):
         """Wait until every confirmed task ran; return (sent, duplicates)."""
         sent = self.sent()
-        wait_for(lambda: not set(sent) - set(self.executed(hosts)), 300,
-                 f"all {len(sent)} confirmed tasks of {self.run} to be executed")
+        wait_for(
+            lambda: not set(sent) - set(self.executed(hosts)),
+            300,
+            f"all {len(sent)} confirmed tasks of {self.run} to be executed",
+        )
         executed = self.executed(hosts)
         duplicates = {task: n for task, n in executed.items() if n > 1}
         errors = self.host.file(f"{self.folder}/errors").content_string.splitlines()
-        print(f"{what}: {len(sent)} tasks sent and executed ({self.run}), 0 lost, {len(duplicates)} executed "
-              f"twice, {len(errors)} publish attempts retried")
+        print(
+            f"{what}: {len(sent)} tasks sent and executed ({self.run}), 0 lost, {len(duplicates)} executed "
+            f"twice, {len(errors)} publish attempts retried"
+        )
         return sent, duplicates
 
     def longest_gap(self, start, end):
@@ -202,8 +221,11 @@ def test_queued_tasks_run_when_a_node_whose_name_sorts_first_joins():
         load.more(40, 120, "while lc-delta's worker is stopped")
     sent = load.sent()
     # The depth comes from the queue's statistics, which RabbitMQ updates every few seconds.
-    wait_for(lambda: queue_depths(delta, VHOST)[DELTA] == len(sent), 60,
-             f"lc-delta's queue to hold all {len(sent)} confirmed tasks")
+    wait_for(
+        lambda: queue_depths(delta, VHOST)[DELTA] == len(sent),
+        60,
+        f"lc-delta's queue to hold all {len(sent)} confirmed tasks",
+    )
     assert not load.executed([DELTA]), "a task ran while the worker was stopped"
     broker = main_pid(DELTA, "rabbitmq-server")
 
@@ -276,8 +298,10 @@ def test_a_removal_that_would_cost_a_queue_its_majority_is_refused_with_nothing_
     assert done.returncode != 0, f"the removal went ahead:\n{output[-4000:]}"
     assert "without a majority of their members online" in output, output[-4000:]
     named = re.findall(r"(\S+) \(members after: ", output)
-    print(f"removing {CHARLIE} with {DELTA} stopped: refused, changed=0, {len(set(named))} queues named as left "
-          f"without a majority, e.g. {sorted(set(named))[:3]}")
+    print(
+        f"removing {CHARLIE} with {DELTA} stopped: refused, changed=0, {len(set(named))} queues named as left "
+        f"without a majority, e.g. {sorted(set(named))[:3]}"
+    )
     counts = recap(done.stdout)
     assert counts and all(host["changed"] == 0 for host in counts.values()), counts
     # Nothing stopped, nothing forgotten, no replica moved.
@@ -327,8 +351,11 @@ def test_beat_moves_in_one_run_while_its_old_host_is_off_and_the_old_beat_never_
 
     docker("start", ALPHA)
     alpha = node(ALPHA)
-    wait_for(lambda: alpha.run(f"tail -n 20 {BEAT_LOG}").stdout.count("another beat holds the lock") > 0, 180,
-             f"the old beat on {ALPHA}, started at boot, to find the lock held")
+    wait_for(
+        lambda: alpha.run(f"tail -n 20 {BEAT_LOG}").stdout.count("another beat holds the lock") > 0,
+        180,
+        f"the old beat on {ALPHA}, started at boot, to find the lock held",
+    )
     booted = int(alpha.check_output("date +%s"))
     # While both beats run, only lc-delta's sends: three periods of it.
     goal = len(beat_sends(DELTA, BEAT_LOG, TICK)) + 3

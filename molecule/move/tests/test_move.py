@@ -6,6 +6,7 @@ configuration, sends tasks to both workers' queues before and during playbooks/m
 is stopped first, so its queue holds a backlog the move has to carry across. After the move a second
 publisher, started with the configuration the move wrote, sends more. Every task either had confirmed runs.
 """
+
 import os
 import re
 import subprocess
@@ -21,20 +22,34 @@ PROJECT = Path(__file__).resolve().parents[3]
 
 def move_cluster():
     """Run playbooks/move-cluster.yml against the scenario's hosts; return its output and how long it took."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               ANSIBLE_FORCE_COLOR="0")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+    )
     began = time.monotonic()
-    done = subprocess.run(["ansible-playbook", str(PROJECT / "playbooks" / "move-cluster.yml"),
-                           "-i", os.environ["MOLECULE_INVENTORY_FILE"]],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [
+            "ansible-playbook",
+            str(PROJECT / "playbooks" / "move-cluster.yml"),
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, f"move-cluster.yml failed:\n{done.stdout[-5000:]}\n{done.stderr[-2000:]}"
     return done.stdout, time.monotonic() - began
 
 
 def fan_outs(name):
     """How many of beat's fan_out tasks a worker has run."""
-    return int(node(name).run("grep -c 'fetcher.tasks.fan_out\\[.*\\] succeeded' /var/log/fetcher/worker.log").stdout
-               or 0)
+    return int(
+        node(name).run("grep -c 'fetcher.tasks.fan_out\\[.*\\] succeeded' /var/log/fetcher/worker.log").stdout or 0
+    )
 
 
 def test_a_loaded_cluster_moves_to_new_hosts_and_no_task_is_lost(app_user):

@@ -6,6 +6,7 @@ must be executed (counted in the workers' logs, duplicates reported). The tests 
 the cluster the previous one left; the last looks for every secret, old and new, where none should be.
 Every playbook runs at full verbosity with diffs (-vvv --diff), where a secret would show if any task let it.
 """
+
 import collections
 import json
 import os
@@ -51,12 +52,23 @@ def vault_file(tmp_path):
 def playbook(name, tmp_path, *args):
     """Run one of playbooks/ (or ../site.yml) against the scenario's hosts, as an operator would, at full
     verbosity with diffs; return its output."""
-    command = ["ansible-playbook", str(PROJECT / "playbooks" / name), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               "-vvv", "--diff"]
+    command = [
+        "ansible-playbook",
+        str(PROJECT / "playbooks" / name),
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "-vvv",
+        "--diff",
+    ]
     if NEW:
         command += ["-e", f"@{vault_file(tmp_path)}"]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               ANSIBLE_VAULT_PASSWORD_FILE=VAULT_PASSWORD_FILE, ANSIBLE_FORCE_COLOR="0")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_VAULT_PASSWORD_FILE=VAULT_PASSWORD_FILE,
+        ANSIBLE_FORCE_COLOR="0",
+    )
     done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=900)
     OUTPUTS.append(done.stdout + done.stderr)
     assert done.returncode == 0, f"{name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
@@ -108,22 +120,29 @@ class Load:
         """How many times each task id of this run succeeded, over every worker's log."""
         counts = collections.Counter()
         for name in HOSTS:
-            found = node(name).run(
-                f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
-            ).stdout
+            found = (
+                node(name)
+                .run(f"grep -ho 'fetcher.tasks.add\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log")
+                .stdout
+            )
             counts.update(re.findall(rf"\[({self.run}-\d+)\]", found))
         return counts
 
     def report(self):
         """Wait until every confirmed task ran; return (sent, duplicates, publish errors)."""
         sent = self.sent()
-        wait_for(lambda: not set(sent) - set(self.executed()), 300,
-                 f"all {len(sent)} confirmed tasks of {self.run} to be executed")
+        wait_for(
+            lambda: not set(sent) - set(self.executed()),
+            300,
+            f"all {len(sent)} confirmed tasks of {self.run} to be executed",
+        )
         executed = self.executed()
         duplicates = {task: n for task, n in executed.items() if n > 1}
         errors = self.host.file(f"{self.folder}/errors").content_string.splitlines()
-        print(f"{self.run}: {len(sent)} sent and executed, {len(duplicates)} executed twice, "
-              f"{len(errors)} publish attempts retried")
+        print(
+            f"{self.run}: {len(sent)} sent and executed, {len(duplicates)} executed twice, "
+            f"{len(errors)} publish attempts retried"
+        )
         return sent, duplicates, errors
 
 
@@ -141,9 +160,11 @@ def worker_restarts(since):
     """[(host, stopping, started)] of each worker's restart after `since` (epoch seconds), by the journal."""
     restarts = []
     for name in group("celery_workers"):
-        lines = node(name).check_output(
-            f"journalctl -u fetcher-worker --since @{since} -o short-unix --no-pager"
-        ).splitlines()
+        lines = (
+            node(name)
+            .check_output(f"journalctl -u fetcher-worker --since @{since} -o short-unix --no-pager")
+            .splitlines()
+        )
         stopping = [float(line.split()[0]) for line in lines if "systemd[1]: Stopping " in line]
         started = [float(line.split()[0]) for line in lines if "systemd[1]: Started " in line]
         assert len(stopping) == len(started) == 1, f"{name} restarted {len(started)} times:\n" + "\n".join(lines)
@@ -153,8 +174,9 @@ def worker_restarts(since):
 
 def test_a_password_rotation_under_load_refuses_the_old_password_and_loses_no_task(app_user, tmp_path):
     user, old_password, vhost = app_user
-    NEW.update(vault_rabbitmq_app_password=secrets.token_urlsafe(24),
-               vault_rabbitmq_admin_password=secrets.token_urlsafe(24))
+    NEW.update(
+        vault_rabbitmq_app_password=secrets.token_urlsafe(24), vault_rabbitmq_admin_password=secrets.token_urlsafe(24)
+    )
     since = float(node(HOSTS[0]).check_output("date +%s.%N"))
     workers = worker_pids()
     [beat_host] = group("celery_beat")

@@ -4,6 +4,7 @@ server may make 20 calls per 20 s window, laptop 100; both consume the shared `a
 counts every call per token and per window by its own clock, and answers 429 past a token's allowance:
 its counts are the evidence.
 """
+
 import json
 import time
 import uuid
@@ -163,7 +164,8 @@ def test_a_worker_restarted_mid_window_does_not_regain_its_allowance(app_user):
         node("server").check_output("systemctl restart fetcher-worker")
         wait_for(
             lambda: node("server").run(f"{FETCHER}/celery -A fetcher.app inspect ping -d fetcher@server -t 2").rc == 0,
-            30, "server's worker to answer after its restart",
+            30,
+            "server's worker to answer after its restart",
         )
         status = quota("server")
         assert status["window_start"] == window, "the restart took longer than the window; make the window longer"
@@ -224,8 +226,11 @@ def test_a_task_sent_back_unrun_more_often_than_the_delivery_limit_still_runs_on
     finally:
         for name in ("server", "laptop"):
             node(name).check_output("systemctl start fetcher-worker")
-    wait_for(lambda: calls(waiting) and queue_depths(node("server"), vhost)["api"] == 0, 2 * WINDOW + 30,
-             "the paused task to run once a worker is back, and the api queue to drain")
+    wait_for(
+        lambda: calls(waiting) and queue_depths(node("server"), vhost)["api"] == 0,
+        2 * WINDOW + 30,
+        "the paused task to run once a worker is back, and the api queue to drain",
+    )
     assert [call["item"] for call in calls(waiting)] == [f"{waiting}-0"], "run exactly once"
     assert calls(failing) == [], "a dead-lettered task is not run"
     assert dead(vhost) == dead_before + 1

@@ -1,4 +1,5 @@
 """What an operator relies on from the rabbitmq role, on every member of the cluster."""
+
 import re
 import uuid
 
@@ -37,8 +38,15 @@ def test_erlang_cookie_is_private_to_rabbitmq(host):
 
 def test_the_disk_alarm_is_set_relative_to_memory_not_at_rabbitmqs_50_mb(host):
     relative = float(host_var(members()[0], "rabbitmq_disk_free_limit_relative", 1.0))
-    limit, memory = (int(x) for x in re.findall(r"[0-9]+", host.check_output(
-        "rabbitmqctl eval '{rabbit_disk_monitor:get_disk_free_limit(), vm_memory_monitor:get_total_memory()}.'")))
+    limit, memory = (
+        int(x)
+        for x in re.findall(
+            r"[0-9]+",
+            host.check_output(
+                "rabbitmqctl eval '{rabbit_disk_monitor:get_disk_free_limit(), vm_memory_monitor:get_total_memory()}.'"
+            ),
+        )
+    )
     print(f"{host.backend.hostname}: disk-free limit {limit / 1e9:.2f} GB = {relative} x {memory / 1e9:.2f} GB")
     assert abs(limit - relative * memory) <= 1 and limit > 50_000_000
 
@@ -49,9 +57,7 @@ def test_guest_user_is_gone(host):
 
 
 def test_partition_handling_fits_the_cluster_size(host):
-    mode = host.check_output(
-        "rabbitmqctl eval '{ok, M} = application:get_env(rabbit, cluster_partition_handling), M.'"
-    )
+    mode = host.check_output("rabbitmqctl eval '{ok, M} = application:get_env(rabbit, cluster_partition_handling), M.'")
     occasional = [m for m in members() if host_var(m, "rabbitmq_node_occasional", False)]
     assert mode == ("pause_minority" if len(members()) >= 3 and not occasional else "autoheal")
 
@@ -67,8 +73,10 @@ def test_every_quorum_queue_has_its_replicas_on_dependable_nodes_only(host, app_
 
 
 def broker_version(host):
-    return tuple(int(part) for part in host.check_output("rabbitmqctl --silent eval 'rabbit_misc:version().'")
-                 .strip('"').split(".")[:2])
+    return tuple(
+        int(part)
+        for part in host.check_output("rabbitmqctl --silent eval 'rabbit_misc:version().'").strip('"').split(".")[:2]
+    )
 
 
 def test_management_listens_on_loopback_only(host):

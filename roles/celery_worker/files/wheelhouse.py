@@ -12,6 +12,7 @@ newest six are kept (three releases for each of two Pythons). Each release also 
 (release.tar), so that a host receives it in one transfer instead of one per file.
 Prints JSON: {"path", "archive", "wheel", "checksum", "built"}.
 """
+
 import hashlib
 import json
 import os
@@ -41,12 +42,30 @@ def digest(source: Path, python_version: str, platforms: list[str]) -> str:
 def build(source: Path, python_version: str, platforms: list[str], into: Path) -> None:
     """The app's wheel (hatchling's are reproducible) and its pinned dependencies, into one folder."""
     quiet = {"check": True, "stdout": subprocess.DEVNULL}
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(into),
-                    str(source)], **quiet)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python_version, "--implementation", "cp", "--dest", str(into),
-                    "--requirement", str(source / "requirements.txt"),
-                    *(f"--platform={platform}" for platform in platforms)], **quiet)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(into), str(source)], **quiet
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--dest",
+            str(into),
+            "--requirement",
+            str(source / "requirements.txt"),
+            *(f"--platform={platform}" for platform in platforms),
+        ],
+        **quiet,
+    )
 
 
 def archive(release: Path, source: Path) -> Path:
@@ -78,15 +97,23 @@ def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -
                 if not release.is_dir():
                     raise
     release.touch()  # the newest used release is kept longest
-    for old in sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime, reverse=True)[KEPT:]:
+    for old in sorted(
+        (p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )[KEPT:]:
         shutil.rmtree(old, ignore_errors=True)
     wheels = sorted(release.glob("fetcher-*.whl"))
     if len(wheels) != 1:
         sys.exit(f"{release} holds {len(wheels)} fetcher wheels, expected one: delete it and run again")
     checksum = hashlib.sha1(wheels[0].read_bytes()).hexdigest()
-    return {"path": str(release), "archive": str(archive(release, source)), "wheel": wheels[0].name,
-            "checksum": checksum, "built": built}
+    return {
+        "path": str(release),
+        "archive": str(archive(release, source)),
+        "wheel": wheels[0].name,
+        "checksum": checksum,
+        "built": built,
+    }
 
 
 if __name__ == "__main__":

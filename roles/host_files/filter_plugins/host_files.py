@@ -17,8 +17,10 @@ import shlex
 
 def _entries(layout):
     layout = layout or {}
-    return (list(layout.get("directories") or []),
-            list(layout.get("files") or []) + list(layout.get("secret_files") or []))
+    return (
+        list(layout.get("directories") or []),
+        list(layout.get("files") or []) + list(layout.get("secret_files") or []),
+    )
 
 
 def host_files_probe(layout):

@@ -69,8 +69,12 @@ def ensure_directory(module, spec):
         os.makedirs(path, exist_ok=True)
         os.chown(path, *owner_ids)
         os.chmod(path, mode)
-    return {"before_header": path, "after_header": path,
-            "before": "" if exists else "(absent)\n", "after": f"directory {spec['owner']}:{spec['group']} {spec['mode']}\n"}
+    return {
+        "before_header": path,
+        "after_header": path,
+        "before": "" if exists else "(absent)\n",
+        "after": f"directory {spec['owner']}:{spec['group']} {spec['mode']}\n",
+    }
 
 
 def ensure_file(module, spec, secret=False):
@@ -97,8 +101,12 @@ def ensure_file(module, spec, secret=False):
             raise
     if secret:
         return {"before_header": path, "after_header": path, "before": "", "after": "(secret: content not shown)\n"}
-    return {"before_header": path, "after_header": path,
-            "before": "" if before is None else before.decode("utf-8", "replace"), "after": spec["content"]}
+    return {
+        "before_header": path,
+        "after_header": path,
+        "before": "" if before is None else before.decode("utf-8", "replace"),
+        "after": spec["content"],
+    }
 
 
 class HostFilesModule(AnsibleModule):
@@ -124,13 +132,18 @@ def main():
             "directories": {"type": "list", "elements": "dict", "default": []},
             "files": {"type": "list", "elements": "dict", "default": []},
             # Only the content is no_log: a path, owner or group marked so would be masked in every output.
-            "secret_files": {"type": "list", "elements": "dict", "default": [], "options": {
-                "path": {"type": "str", "required": True},
-                "content": {"type": "str", "required": True, "no_log": True},
-                "owner": {"type": "str", "required": True},
-                "group": {"type": "str", "required": True},
-                "mode": {"type": "str", "required": True},
-            }},
+            "secret_files": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "path": {"type": "str", "required": True},
+                    "content": {"type": "str", "required": True, "no_log": True},
+                    "owner": {"type": "str", "required": True},
+                    "group": {"type": "str", "required": True},
+                    "mode": {"type": "str", "required": True},
+                },
+            },
         },
         supports_check_mode=True,
     )
@@ -144,8 +157,9 @@ def main():
         if diff:
             changed.append(spec["path"])
             diffs.append(diff)
-    for spec, secret in ([(spec, False) for spec in module.params["files"]]
-                         + [(spec, True) for spec in module.params["secret_files"]]):
+    for spec, secret in [(spec, False) for spec in module.params["files"]] + [
+        (spec, True) for spec in module.params["secret_files"]
+    ]:
         diff = ensure_file(module, spec, secret)
         if diff:
             changed.append(spec["path"])

@@ -58,8 +58,9 @@ def _role_names(role_path):
         known |= _keys(os.path.join(role_path, "vars", "main.yml"))
         # What any role of the repository sets while it runs: a role may set a fact with another's prefix.
         roles = os.path.dirname(os.path.abspath(role_path))
-        for path in glob.glob(os.path.join(roles, "*", "tasks", "*.yml")) + \
-                glob.glob(os.path.join(roles, "*", "handlers", "*.yml")):
+        for path in glob.glob(os.path.join(roles, "*", "tasks", "*.yml")) + glob.glob(
+            os.path.join(roles, "*", "handlers", "*.yml")
+        ):
             with open(path) as source:
                 _set_while_running(yaml.safe_load(source), known)
         _KNOWN[role_path] = (documented, known)

@@ -76,24 +76,31 @@ def import_document(definitions, steps, users):
     have_users = {user["name"]: user for user in definitions.get("users", [])}
     wanted = {user["name"]: user for user in users}
     document = {"vhosts": [], "users": [], "permissions": []}
-    for name in dict.fromkeys(subject for action, subject, _ in steps
-                              if action in ("add_user", "change_password", "set_user_tags")):
+    for name in dict.fromkeys(
+        subject for action, subject, _ in steps if action in ("add_user", "change_password", "set_user_tags")
+    ):
         new_password = any(a in ("add_user", "change_password") and s == name for a, s, _ in steps)
         current = have_users.get(name, {})
-        document["users"].append({
-            "name": name,
-            "password_hash": password_hash(wanted[name]["password"]) if new_password else current["password_hash"],
-            "hashing_algorithm": ("rabbit_password_hashing_sha256" if new_password
-                                  else current.get("hashing_algorithm", "rabbit_password_hashing_sha256")),
-            "tags": ",".join(sorted(set(wanted[name].get("tags") or []))),
-        })
+        document["users"].append(
+            {
+                "name": name,
+                "password_hash": password_hash(wanted[name]["password"]) if new_password else current["password_hash"],
+                "hashing_algorithm": (
+                    "rabbit_password_hashing_sha256"
+                    if new_password
+                    else current.get("hashing_algorithm", "rabbit_password_hashing_sha256")
+                ),
+                "tags": ",".join(sorted(set(wanted[name].get("tags") or []))),
+            }
+        )
     for action, subject, detail in steps:
         if action == "add_vhost":
             document["vhosts"].append({"name": subject})
         elif action == "set_permissions":
             vhost, configure, write, read = detail
-            document["permissions"].append({"user": subject, "vhost": vhost, "configure": configure,
-                                            "write": write, "read": read})
+            document["permissions"].append(
+                {"user": subject, "vhost": vhost, "configure": configure, "write": write, "read": read}
+            )
     return document
 
 
@@ -112,7 +119,11 @@ def plan(definitions, vhosts, users, absent_users):
     have_users = {user["name"]: user for user in definitions.get("users", [])}
     have_permissions = {}
     for entry in definitions.get("permissions", []):
-        have_permissions.setdefault(entry["user"], {})[entry["vhost"]] = (entry["configure"], entry["write"], entry["read"])
+        have_permissions.setdefault(entry["user"], {})[entry["vhost"]] = (
+            entry["configure"],
+            entry["write"],
+            entry["read"],
+        )
 
     steps = [("add_vhost", name, None) for name in vhosts if name not in have_vhosts]
     for user in users:
@@ -180,7 +191,9 @@ def main():
         argument_spec=dict(
             vhosts=dict(type="list", elements="str", default=[]),
             users=dict(
-                type="list", elements="dict", default=[],
+                type="list",
+                elements="dict",
+                default=[],
                 options=dict(
                     name=dict(type="str", required=True),
                     password=dict(type="str", required=True, no_log=True),
@@ -197,14 +210,17 @@ def main():
     timeout = str(params["timeout"])
 
     def rabbitmqctl(*args, stdin=None):
-        rc, out, err = module.run_command(["rabbitmqctl", "--timeout", timeout, *args], data=stdin,
-                                          binary_data=stdin is None, check_rc=False)
+        rc, out, err = module.run_command(
+            ["rabbitmqctl", "--timeout", timeout, *args], data=stdin, binary_data=stdin is None, check_rc=False
+        )
         return rc, out, err
 
     def read_definitions():
         rc, out, err = rabbitmqctl("export_definitions", "-", "--format", "json", "--silent")
         if rc != 0:
-            module.fail_json(msg=f"Could not read the broker's definitions (rabbitmqctl export_definitions): {(err or out).strip()}")
+            module.fail_json(
+                msg=f"Could not read the broker's definitions (rabbitmqctl export_definitions): {(err or out).strip()}"
+            )
         try:
             return json.loads(out)
         except ValueError:
@@ -234,23 +250,35 @@ def main():
             if rc != 0:
                 module.fail_json(msg=f"rabbitmqctl import_definitions failed: {(err or out).strip()}")
             # The broker calls an import asynchronous: read again, and fail if anything it should add is missing.
-            left = [step for step in plan(read_definitions(), params["vhosts"], params["users"], [])
-                    if step[0] not in ("clear_permissions", "authenticate")]
+            left = [
+                step
+                for step in plan(read_definitions(), params["vhosts"], params["users"], [])
+                if step[0] not in ("clear_permissions", "authenticate")
+            ]
             if left:
-                module.fail_json(msg="After rabbitmqctl import_definitions these still differ: "
-                                     + "; ".join(f"{a}: {', '.join(n)}" for a, n in describe(left).items()))
-        removals = [(action, name, detail) for action, name, detail in steps
-                    if action in ("clear_permissions", "delete_user")]
+                module.fail_json(
+                    msg="After rabbitmqctl import_definitions these still differ: "
+                    + "; ".join(f"{a}: {', '.join(n)}" for a, n in describe(left).items())
+                )
+        removals = [
+            (action, name, detail) for action, name, detail in steps if action in ("clear_permissions", "delete_user")
+        ]
         for action, name, detail in removals:
             args = ["clear_permissions", "-p", detail, name] if action == "clear_permissions" else ["delete_user", name]
             rc, out, err = rabbitmqctl(*args)
             if rc != 0:
-                module.fail_json(msg=f"rabbitmqctl {args[0]} for {name} failed: {(err or out).strip()}",
-                                 done=describe([step for step in steps if step not in removals]
-                                               + removals[: removals.index((action, name, detail))]))
+                module.fail_json(
+                    msg=f"rabbitmqctl {args[0]} for {name} failed: {(err or out).strip()}",
+                    done=describe(
+                        [step for step in steps if step not in removals]
+                        + removals[: removals.index((action, name, detail))]
+                    ),
+                )
 
     report = describe(steps)
-    summary = "; ".join(f"{action}: {', '.join(subjects)}" for action, subjects in report.items()) or "nothing to change"
+    summary = (
+        "; ".join(f"{action}: {', '.join(subjects)}" for action, subjects in report.items()) or "nothing to change"
+    )
     module.exit_json(changed=bool(steps), changes=report, summary=summary)
 
 

@@ -40,7 +40,19 @@ options:
 
 def list_quorum_queues(module, vhost):
     rc, out, err = module.run_command(
-        ["rabbitmqctl", "list_queues", "-p", vhost, "name", "type", "members", "online", "--quiet", "--formatter", "json"],
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "-p",
+            vhost,
+            "name",
+            "type",
+            "members",
+            "online",
+            "--quiet",
+            "--formatter",
+            "json",
+        ],
         check_rc=False,
     )
     if rc != 0:
@@ -50,9 +62,19 @@ def list_quorum_queues(module, vhost):
 
 def given_quorum_queues(queues, running, vhost):
     """The caller's read of one vhost's quorum queues, in list_queues' form (online: members that run)."""
-    return sorted(({"name": q["name"], "type": "quorum", "members": list(q["members"]),
-                    "online": [n for n in q["members"] if n in running]}
-                   for q in queues if q["vhost"] == vhost), key=lambda r: r["name"])
+    return sorted(
+        (
+            {
+                "name": q["name"],
+                "type": "quorum",
+                "members": list(q["members"]),
+                "online": [n for n in q["members"] if n in running],
+            }
+            for q in queues
+            if q["vhost"] == vhost
+        ),
+        key=lambda r: r["name"],
+    )
 
 
 def plan(queues, nodes, target, stopped=()):
@@ -84,8 +106,10 @@ def without_majority(queues, additions, removals):
         after = (set(queue["members"]) - removed) | added
         online = after & (set(queue.get("online", [])) | added)
         if (added or removed) and 2 * len(online) <= len(after):
-            at_risk.append(f"{queue['name']} (members after: {', '.join(sorted(after))}; online: "
-                           f"{', '.join(sorted(online)) or 'none'})")
+            at_risk.append(
+                f"{queue['name']} (members after: {', '.join(sorted(after))}; online: "
+                f"{', '.join(sorted(online)) or 'none'})"
+            )
     return at_risk
 
 
@@ -100,8 +124,18 @@ def apply(module, vhost, queues, additions, removals, timeout):
     for node, names in additions.items():
         if sorted(names) == lacking[node]:
             # Every queue lacking this node gets a replica there: one command for all of them.
-            rabbitmq(module, timeout, "grow", node, "all", "--vhost-pattern", f"^{re.escape(vhost)}$",
-                     "--queue-pattern", ".*", "--errors-only")
+            rabbitmq(
+                module,
+                timeout,
+                "grow",
+                node,
+                "all",
+                "--vhost-pattern",
+                f"^{re.escape(vhost)}$",
+                "--queue-pattern",
+                ".*",
+                "--errors-only",
+            )
         else:
             for name in names:
                 rabbitmq(module, timeout, "add_member", "-p", vhost, name, node)
@@ -135,9 +169,11 @@ def main():
         plans[vhost] = (queues, *plan(queues, nodes, target, stopped))
         at_risk = without_majority(*plans[vhost])
         if at_risk:
-            module.fail_json(msg=f"Nothing was changed: moving the replicas as asked would leave these quorum queues "
-                                 f"of vhost {vhost} without a majority of their members online: {'; '.join(at_risk)}. "
-                                 f"Bring their other members' nodes back first.")
+            module.fail_json(
+                msg=f"Nothing was changed: moving the replicas as asked would leave these quorum queues "
+                f"of vhost {vhost} without a majority of their members online: {'; '.join(at_risk)}. "
+                f"Bring their other members' nodes back first."
+            )
     for vhost in vhosts:
         queues, additions, removals = plans[vhost]
         added += [{"vhost": vhost, "queue": q, "node": n} for n, names in additions.items() for q in names]
@@ -148,11 +184,16 @@ def main():
             left = plan(queues, nodes, target, stopped)
             short += [f"{vhost}/{q} needs a replica on {n}" for n, names in left[0].items() for q in names]
             short += [f"{vhost}/{q} still has a replica on {n}" for q, n in left[1]]
-        summary.append(f"{vhost}: {len(queues)} quorum queue(s), {min(target, len(nodes))} replica(s) each, "
-                       f"among {', '.join(sorted(nodes))}")
+        summary.append(
+            f"{vhost}: {len(queues)} quorum queue(s), {min(target, len(nodes))} replica(s) each, "
+            f"among {', '.join(sorted(nodes))}"
+        )
     if short:
-        module.fail_json(msg="Quorum queues off their replica target after the change: " + "; ".join(short),
-                         added=added, removed=removed)
+        module.fail_json(
+            msg="Quorum queues off their replica target after the change: " + "; ".join(short),
+            added=added,
+            removed=removed,
+        )
     module.exit_json(changed=bool(added or removed), added=added, removed=removed, summary=summary)
 
 
