@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -48,6 +49,28 @@ def wait_for(check, timeout, what):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(1)
+
+
+def playbook(path, *args, timeout=900):
+    """Run a playbook of the repository as an operator does (from its root, with its ansible.cfg and roles)
+    against the scenario's inventory. Returns (exit code, output)."""
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(project / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(project / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    done = subprocess.run(
+        ["ansible-playbook", path, "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr
 
 
 def host_var(name, var, default=None):
