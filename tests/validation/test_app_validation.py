@@ -181,3 +181,26 @@ def test_an_api_reached_without_tls_gets_a_warning(target, inventory, playbook):
     inventory.update_host_vars("server", celery_worker_quota_allowance=-1)  # stops the run after the warning
     run = playbook(inventory, path=SITE)
     assert re.search(r"Warning: server sends its API token to http://api:8080 without TLS", run.output), run.output
+
+
+@pytest.mark.parametrize(
+    ("variables", "found"),
+    [
+        ({"celery_worker_app_module": "my project.app"}, r"celery_worker_app_module \(my project\.app\) must be"),
+        ({"celery_worker_app_environment": {"DJANGO-SETTINGS": "x"}}, r"these are not: DJANGO-SETTINGS"),
+        ({"celery_worker_releases_kept": 1}, r"celery_worker_releases_kept \(1\) must be 2 or more"),
+    ],
+)
+def test_the_apps_module_environment_and_kept_releases(target, inventory, playbook, variables, found):
+    inventory.celery_groups()
+    inventory.update_host_vars("laptop", **variables)
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check the app's module, environment and kept releases", found)
+
+
+def test_an_environment_value_is_never_shown(target, inventory, playbook):
+    inventory.celery_groups()
+    inventory.update_host_vars("laptop", celery_worker_app_environment={"API_SECRET": "first-line\nsecond-line-8f3a"})
+    run = playbook(inventory, path=SITE)
+    assert_rejected(run, "celery_worker : Check the app's module, environment and kept releases", r"single lines")
+    assert "second-line-8f3a" not in run.output
