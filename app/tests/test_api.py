@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 from fetcher.api import ApiClient, ApiError, RateLimited, TransientError, new_session
-from fetcher.quota import QuotaCounter, QuotaSpent
+from fetcher.quota import QuotaCounter
 from fetcher.settings import ApiSettings
 from sample_config import TOKEN
 
@@ -92,19 +92,6 @@ def test_the_apis_rate_limit_waits_for_the_reset_it_reports(stub_api, item):
 def test_a_403_that_is_not_a_rate_limit_fails_for_good(client):
     with pytest.raises(ApiError):
         client.get_item("forbidden")
-
-
-def test_with_the_allowance_spent_no_request_is_made(stub_api, tmp_path):
-    stub_api.requests.clear()
-    quota = QuotaCounter(tmp_path / "q.sqlite3", allowance=1, window=3600)
-    client = ApiClient(ApiSettings(stub_api.base_url, TOKEN, 1, 3600), new_session(), quota=quota)
-
-    client.get_item("ok")
-    with pytest.raises(QuotaSpent):
-        client.get_item("ok")
-
-    assert len(stub_api.requests) == 1
-    assert quota.status().used == 1
 
 
 def test_a_429_marks_the_allowance_spent(stub_api, tmp_path):

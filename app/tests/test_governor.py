@@ -9,7 +9,7 @@ from billiard.einfo import ExceptionWithTraceback
 from celery import Celery
 from celery.signals import celeryd_after_setup
 from celery.worker.request import Request
-from fetcher import governor, worker
+from fetcher import governor, runtime, worker
 from fetcher.celeryconfig import build_config
 from fetcher.governor import QuotaExhausted, QuotaGovernor, QuotaRequest
 from fetcher.quota import QuotaCounter, QuotaSpent
@@ -196,6 +196,7 @@ def test_a_worker_restarted_with_its_allowance_spent_leaves_its_quota_queues_out
 def test_a_spent_allowance_returns_a_quota_queues_message_unrun(tasks, stub_api, tmp_path, monkeypatch):
     quota = QuotaSettings(allowance=1, window=3600, queues=("laptop",), state_file=tmp_path / "q.sqlite3")
     monkeypatch.setattr(tasks, "settings", replace(tasks.settings, quota=quota))
+    monkeypatch.setattr(runtime, "_configured", tasks.settings)
     tasks.api_client.cache_clear()
     stub_api.requests.clear()
     try:

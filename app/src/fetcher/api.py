@@ -5,10 +5,9 @@ or 429) is worth retrying later, and carries the server's `Retry-After` when it 
 (any other 4xx, a redirect, a body that is not JSON) will not get better, so the task fails at once and
 its message is dead-lettered.
 
-`ApiClient.get_item` is the one place a request is made, and on a host with an API allowance it takes one
-call from the host's counter first (`fetcher.quota`): with the allowance spent it raises `QuotaSpent`
-and makes no request. Exactly one request per call: the session's adapter does
-not retry and redirects are not followed, so retries happen only as new Celery messages, with backoff.
+`ApiClient.get_item` is the one place a request is made; the task calling it takes the call from the host's
+allowance first (`fetcher.runtime.api_task`), and a 429 here marks that allowance spent. Exactly one request
+per call: the session's adapter does not retry and redirects are not followed, so retries happen only as new Celery messages, with backoff.
 The token is sent only in the `Authorization` header and never appears in an error message.
 """
 
@@ -71,9 +70,6 @@ class ApiClient:
     def get_item(self, item: str | int) -> Any:
         """`GET {base_url}/items/{item}` and its decoded JSON body."""
         url = f"{self._settings.base_url}/items/{quote(str(item), safe='')}"
-        if self._quota is not None:
-            # Before the request, never after: a call the allowance does not cover is not made.
-            self._quota.take()
         try:
             response = self._session.get(
                 url,

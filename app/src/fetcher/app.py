@@ -8,13 +8,8 @@ the file holding the periodic tasks.
 
 from celery import Celery
 
-from fetcher import logs, worker
-from fetcher.celeryconfig import build_config
-from fetcher.settings import beat_config_path, config_path, load_settings
-
-settings = load_settings(config_path(), beat_config_path())
+from fetcher import runtime
 
 app = Celery("fetcher", include=["fetcher.tasks"])
-app.conf.update(build_config(settings))
-logs.install(settings.logging)
-worker.install(app, settings)
+# Exactly what an operator's own app does (fetcher.runtime).
+settings = runtime.configure(app)

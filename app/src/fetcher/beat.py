@@ -48,7 +48,9 @@ class LockedScheduler(PersistentScheduler):
         super().setup_schedule()
         if self._lock is None:
             # Imported here, in the running beat: importing this module must not read the host's file.
-            from fetcher.app import settings
+            from fetcher.runtime import configured
+
+            settings = configured()
 
             self._lock = BeatLock.for_settings(settings)
         self._lock.start()

@@ -35,7 +35,9 @@ class Topology(DelayedDelivery):
     def start(self, c: CeleryConsumer) -> None:
         # Imported here, in the running worker, not at the top: importing this module (the tests do)
         # must not load the host's configuration file.
-        from fetcher.app import settings
+        from fetcher.runtime import configured
+
+        settings = configured()
 
         app = c.app
         # A clone connects first to the node the consumer is connected to, so a node that is down is

@@ -72,13 +72,17 @@ class QuotaGovernor(bootsteps.StartStopStep):
 
     def include_if(self, c) -> bool:
         # Imported here, in the running worker: importing this module must not read the host's file.
-        from fetcher.app import settings
+        from fetcher.runtime import configured
+
+        settings = configured()
 
         return settings.quota is not None
 
     def start(self, c) -> None:
         global _governor
-        from fetcher.app import settings
+        from fetcher.runtime import configured
+
+        settings = configured()
 
         self._consumer, self.queues = c, settings.quota.queues
         self.counter = counter_for(settings.quota)

@@ -3,16 +3,14 @@ renaming or moving a function must not change what the other hosts send.
 """
 
 import logging
-import time
 from functools import cache
 
-from fetcher import api
+from fetcher import api, runtime
 from fetcher.app import app, settings
 from fetcher.backoff import retry_delay
 from fetcher.config_reader import ConfigError
-from fetcher.governor import QuotaExhausted
-from fetcher.quota import QuotaSpent, counter_for
-from fetcher.routing import delivered_queue, queue_for
+from fetcher.quota import counter_for
+from fetcher.routing import queue_for
 
 logger = logging.getLogger("fetcher.tasks")
 
@@ -58,32 +56,19 @@ def fan_out(routing_key, numbers=None):
     return len(pairs)
 
 
-# QuotaRequest: in the worker's main process, a message refused for want of allowance goes back to its queue
-# only after this host stopped consuming it (fetcher.governor).
-@app.task(
-    bind=True,
-    name="fetcher.tasks.call_api",
-    max_retries=settings.worker.max_retries,
-    Request="fetcher.governor:QuotaRequest",
-)
+# runtime.api_task: each run takes one call from this host's allowance first; with the allowance spent, a message
+# from a quota queue goes back to it unrun (another host takes it), from any other queue it is retried after
+# the reset. The same decorator an operator's own app uses.
+@runtime.api_task(app, name="fetcher.tasks.call_api", bind=True)
 def call_api(self, item):
     """Fetch one item from the API: exactly one HTTP request per message, retried with backoff if transient.
 
-    On a host with an API allowance the call is taken from it first. With the allowance spent, a message
-    from a quota queue goes back to that queue unrun (another host takes it, or this one after the reset);
-    from any other queue it is retried when the window resets. A call the API itself refuses for its rate
-    limit is retried after the reset the API reports (at most `api.max_reset_wait`); any other transient
-    failure (no connection, timeout, HTTP 5xx) after a backoff. After `worker.max_retries` retries, or on
-    any other error, the task fails and its message is dead-lettered.
+    A call the API itself refuses for its rate limit is retried after the reset the API reports (at most
+    `api.max_reset_wait`); any other transient failure (no connection, timeout, HTTP 5xx) after a backoff.
+    After `worker.max_retries` retries, or on any other error, the task fails and its message is dead-lettered.
     """
     try:
         return api_client().get_item(item)
-    except QuotaSpent as exc:
-        queue = delivered_queue(settings.routing, (self.request.delivery_info or {}).get("routing_key"))
-        if queue in settings.quota.queues:
-            raise QuotaExhausted(str(exc)) from None
-        wait = exc.reset_at - time.time()
-        raise self.retry(exc=exc, countdown=max(1, retry_delay(0, settings.api.max_reset_wait, wait))) from exc
     except api.RateLimited as exc:
         ceiling = settings.worker.retry_backoff_max if exc.retry_after is None else settings.api.max_reset_wait
         delay = retry_delay(self.request.retries, ceiling, exc.retry_after)
@@ -97,7 +82,7 @@ def call_api(self, item):
 def api_client() -> api.ApiClient:
     """This process's API client, created on first use so each worker process has its own session.
 
-    On a host with `[quota]` it takes every call from the host's shared counter first.
+    On a host with `[quota]` a 429 from the API marks the host's allowance spent (the API's count wins).
     """
     if settings.api is None:
         raise ConfigError(f"{settings.source}: [api] is missing, and call_api needs its base_url, token, timeout")
