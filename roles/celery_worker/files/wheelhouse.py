@@ -1,50 +1,107 @@
 """Build the app's wheelhouse on the controller once per release, and reuse it on every later run.
 
-Usage: python wheelhouse.py CACHE SOURCE PYTHON_VERSION PLATFORM...
+Usage: python wheelhouse.py CACHE RUNTIME APP PYTHON_VERSION PLATFORM...
 
-A release is the app's source tree (every file but build output and caches), its pinned requirements, and
-the hosts' Python version and platforms. Its digest names a folder under CACHE holding the app's wheel and
-every pinned dependency, downloaded for the hosts' Python and platforms. When that folder exists the run
-reuses it: no build and no download, so a run that changes nothing stays off the package index. A new
-release is built in a temporary folder and renamed into place, so a build cut short is never reused, and
-two runs building the same release at once both end with one complete folder. The
-newest six are kept (three releases for each of two Pythons). Each release also has one archive of its wheels and pinned requirements
-(release.tar), so that a host receives it in one transfer instead of one per file.
-Prints JSON: {"path", "archive", "wheel", "checksum", "built"}.
+RUNTIME is the bundled fetcher package (the project's runtime every app imports, `fetcher.runtime`); APP is the
+app to deploy: the same folder for the bundled app, or an operator's own project. An APP with a pyproject.toml
+(or setup.py) is built into a wheel; one without (a Django project as `django-admin startproject` makes it:
+manage.py, the project's package, requirements.txt) is shipped as its source tree, which the host puts on the
+virtualenv's path. The requirements of both (RUNTIME's requirements.txt and wheel, APP's requirements.txt and
+wheel) are resolved here, together, for the hosts' Python and platforms, into wheels: the hosts install from
+these and need no package index. The pinned result is the release's requirements.txt.
+
+A release is the sources of both (every file but build output and caches). Its name is the app's name and
+version and a digest of its sources ("harvest-1.2.0-3fa2c1d9e0"), the same on every host; the wheelhouse of a
+release for one Python and platform is a folder under CACHE named by a digest that adds those. When that folder
+exists the run reuses it: no build and no download. A new wheelhouse is built in a temporary folder and renamed
+into place, so a build cut short is never reused, and two runs building the same one at once both end with one
+complete folder. The newest six are kept (three releases for each of two Pythons). Each has one archive
+(release.tar: the wheels, the pinned requirements, and the source tree where the app ships as one) so that a
+host receives it in one transfer.
+Prints JSON: {"path", "archive", "release", "checksum", "built"}.
 """
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 
-SKIPPED = {"build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", ".git"}
+SKIPPED = {"build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", ".git", "tests"}
 KEPT = 6  # three releases for each of two Pythons (Debian 12 and 13 hosts side by side)
+SOURCE = "source"  # the folder of the archive holding an app shipped as its source tree
 
 
-def digest(source: Path, python_version: str, platforms: list[str]) -> str:
-    """The release's digest: every source file's path and bytes, the Python version and the platforms."""
-    sha = hashlib.sha256(f"{python_version} {' '.join(platforms)}\n".encode())
-    for folder, dirs, files in os.walk(source):
+def files(folder: Path):
+    """Every file of a source tree that makes the release, in a stable order."""
+    for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED and not d.endswith(".egg-info"))
-        for name in sorted(files):
-            path = Path(folder, name)
+        for name in sorted(names):
+            if not name.endswith((".pyc", ".sqlite3")):
+                yield Path(root, name)
+
+
+def source_digest(sources: list[Path]) -> str:
+    """The digest of the sources alone: the release, whatever Python a host runs."""
+    sha = hashlib.sha256()
+    for source in sources:
+        for path in files(source):
             sha.update(f"{path.relative_to(source)}\n".encode())
             sha.update(path.read_bytes())
-    return sha.hexdigest()[:16]
+    return sha.hexdigest()
 
 
-def build(source: Path, python_version: str, platforms: list[str], into: Path) -> None:
-    """The app's wheel (hatchling's are reproducible) and its pinned dependencies, into one folder."""
+def digest(sources: list[Path], python_version: str, platforms: list[str]) -> str:
+    """The wheelhouse's digest: the release's sources, the Python version and the platforms."""
+    return hashlib.sha256(f"{source_digest(sources)} {python_version} {' '.join(platforms)}".encode()).hexdigest()[:16]
+
+
+def packaged(app: Path) -> bool:
+    """Whether the app builds into a wheel of its own (else it ships as its source tree)."""
+    return (app / "pyproject.toml").is_file() or (app / "setup.py").is_file()
+
+
+def name_and_version(app: Path) -> tuple[str, str]:
+    """The app's name and version from its pyproject.toml, or its folder's name for a source tree."""
+    pyproject = app / "pyproject.toml"
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        if project.get("name") and isinstance(project.get("version"), str):
+            return re.sub(r"[^A-Za-z0-9.]+", "_", project["name"]), project["version"]
+    return re.sub(r"[^A-Za-z0-9.]+", "_", app.resolve().name), "source"
+
+
+def sources_of(runtime: Path, app: Path) -> list[Path]:
+    return [runtime] if runtime.resolve() == app.resolve() else [runtime, app]
+
+
+def build(runtime: Path, app: Path, python_version: str, platforms: list[str], into: Path) -> None:
+    """The wheels of the runtime (and of the app, where it has its own) and every dependency they and the
+    requirements files pin, resolved together for one Python and its platforms."""
     quiet = {"check": True, "stdout": subprocess.DEVNULL}
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(into), str(source)], **quiet
-    )
+    into.mkdir()
+    built = into / ".built"
+    for source in sources_of(runtime, app):
+        if packaged(source):
+            # The runtime's build backend (hatchling) is in the controller's toolchain; an app's own is fetched
+            # into an isolated build environment, as pip would.
+            isolation = ["--no-isolation"] if source == runtime else []
+            subprocess.run(
+                [sys.executable, "-m", "build", "--wheel", *isolation, "--outdir", str(built), str(source)], **quiet
+            )
+    requirements = [
+        argument
+        for source in sources_of(runtime, app)
+        if (source / "requirements.txt").is_file()
+        for argument in ("--requirement", str(source / "requirements.txt"))
+    ]
     subprocess.run(
         [
             sys.executable,
@@ -52,7 +109,6 @@ def build(source: Path, python_version: str, platforms: list[str], into: Path) -
             "pip",
             "download",
             "--quiet",
-            "--no-deps",
             "--only-binary=:all:",
             "--python-version",
             python_version,
@@ -60,16 +116,27 @@ def build(source: Path, python_version: str, platforms: list[str], into: Path) -
             "cp",
             "--dest",
             str(into),
-            "--requirement",
-            str(source / "requirements.txt"),
+            *requirements,
+            *(str(wheel) for wheel in sorted(built.glob("*.whl"))),
             *(f"--platform={platform}" for platform in platforms),
         ],
         **quiet,
     )
+    shutil.rmtree(built)
 
 
-def archive(release: Path, source: Path) -> Path:
-    """release.tar: the release's wheels and the pinned requirements, written once (atomically) per release."""
+def pinned(release: Path) -> str:
+    """requirements.txt of the release: every wheel in it, as name==version."""
+    lines = []
+    for wheel in sorted(release.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        lines.append(f"{name}=={version}\n")
+    return "".join(lines)
+
+
+def archive(release: Path, app: Path | None) -> Path:
+    """release.tar: the wheels, the pinned requirements and (for an app without a wheel) its source tree,
+    written once (atomically) per wheelhouse."""
     target = release / "release.tar"
     if not target.is_file():
         handle, scratch = tempfile.mkstemp(dir=release, prefix=".release-", suffix=".tar")
@@ -77,19 +144,35 @@ def archive(release: Path, source: Path) -> Path:
         with tarfile.open(scratch, "w") as tar:
             for wheel in sorted(release.glob("*.whl")):
                 tar.add(wheel, arcname=wheel.name)
-            tar.add(source / "requirements.txt", arcname="requirements.txt")
+            requirements = tarfile.TarInfo("requirements.txt")
+            text = pinned(release).encode()
+            requirements.size = len(text)
+            tar.addfile(requirements, fileobj=io.BytesIO(text))
+            if app is not None:
+                for path in files(app):
+                    tar.add(path, arcname=f"{SOURCE}/{path.relative_to(app)}")
         os.chmod(scratch, 0o644)
         os.replace(scratch, target)
     return target
 
 
-def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -> dict:
+def checksum(release: Path, sources: list[Path]) -> str:
+    """What the hosts install, by content: every wheel (name and bytes) and the sources."""
+    sha = hashlib.sha1(source_digest(sources).encode())
+    for wheel in sorted(release.glob("*.whl")):
+        sha.update(f"{wheel.name}\n".encode())
+        sha.update(wheel.read_bytes())
+    return sha.hexdigest()
+
+
+def main(cache: Path, runtime: Path, app: Path, python_version: str, platforms: list[str]) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
-    release = cache / digest(source, python_version, platforms)
+    sources = sources_of(runtime, app)
+    release = cache / digest(sources, python_version, platforms)
     built = not release.is_dir()
     if built:
         with tempfile.TemporaryDirectory(dir=cache, prefix=".building-") as scratch:
-            build(source, python_version, platforms, Path(scratch, "wheelhouse"))
+            build(runtime, app, python_version, platforms, Path(scratch, "wheelhouse"))
             try:
                 os.rename(Path(scratch, "wheelhouse"), release)
             except OSError:
@@ -103,18 +186,18 @@ def main(cache: Path, source: Path, python_version: str, platforms: list[str]) -
         reverse=True,
     )[KEPT:]:
         shutil.rmtree(old, ignore_errors=True)
-    wheels = sorted(release.glob("fetcher-*.whl"))
-    if len(wheels) != 1:
-        sys.exit(f"{release} holds {len(wheels)} fetcher wheels, expected one: delete it and run again")
-    checksum = hashlib.sha1(wheels[0].read_bytes()).hexdigest()
+    if not list(release.glob("fetcher-*.whl")):
+        sys.exit(f"{release} holds no fetcher wheel (the runtime every app imports): delete it and run again")
+    tar = archive(release, None if packaged(app) else app)
+    name, version = name_and_version(app)
     return {
         "path": str(release),
-        "archive": str(archive(release, source)),
-        "wheel": wheels[0].name,
-        "checksum": checksum,
+        "archive": str(tar),
+        "release": f"{name}-{version}-{source_digest(sources)[:10]}",
+        "checksum": checksum(release, sources),
         "built": built,
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:])))
+    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5:])))
