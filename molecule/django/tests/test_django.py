@@ -163,21 +163,56 @@ def test_the_allowance_stops_the_hosts_consumption_until_the_window_resets(app_u
     assert len({call["item"] for call in calls}) == count, "each task called the API once"
 
 
+class Load:
+    """LOAD on harvest-a, in the background, for the length of a `with` block; then every task it sent must run,
+    once, on one of the workers (by their logs)."""
+
+    def __init__(self, tmp_path):
+        self.run = f"load-{uuid.uuid4().hex[:8]}"
+        self.folder, self.sender = f"/tmp/{self.run}", node("harvest-a")
+        self.script = tmp_path / f"{self.run}.py"
+        self.script.write_text(LOAD)
+
+    def sent(self):
+        return self.sender.run(f"cat {self.folder}/sent").stdout.split()
+
+    def __enter__(self):
+        self.sender.check_output(f"install -d -m 0777 {self.folder}")
+        self.sender.ansible("copy", f"src={self.script} dest={self.folder}/load.py mode=0644", check=False)
+        self.sender.check_output(
+            f"setsid -f sh -c 'fetcher-run python {self.folder}/load.py {self.run} {self.folder} "
+            f"> {self.folder}/out 2>&1'"
+        )
+        wait_for(lambda: len(self.sent()) >= 10, 120, "the load to get going")
+        return self
+
+    def __exit__(self, *exc):
+        self.sender.check_output(f"touch {self.folder}/stop")
+        wait_for(lambda: self.sender.file(f"{self.folder}/done").exists, 60, "the load to stop")
+
+    def executed(self):
+        found = []
+        for name in WORKERS:
+            log = node(name).run(
+                f"grep -ho 'harvester.tasks.tally\\[{self.run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
+            )
+            found += re.findall(rf"\[({self.run}-\d+)\]", log.stdout)
+        return found
+
+    def report(self, what):
+        sent = self.sent()
+        wait_for(lambda: not set(sent) - set(self.executed()), 300, f"all {len(sent)} tasks sent under load to run")
+        ran = self.executed()
+        assert len(ran) == len(set(ran)), "a task ran twice"
+        print(f"{what}: {len(sent)} tasks sent, all executed once")
+
+
 def test_a_second_release_and_a_rollback_under_load_lose_nothing(tmp_path):
     first = {name: current(name) for name in WORKERS}
     second = project_copy(
         tmp_path, "second", lambda src: (src / "harvester" / "release.py").write_text('RELEASE = "second"\n')
     )
-    run = f"load-{uuid.uuid4().hex[:8]}"
-    folder = f"/tmp/{run}"
-    sender = node("harvest-a")
-    sender.check_output(f"install -d -m 0777 {folder}")
-    script = tmp_path / "load.py"
-    script.write_text(LOAD)
-    sender.ansible("copy", f"src={script} dest={folder}/load.py mode=0644", check=False)
-    sender.check_output(f"setsid -f sh -c 'fetcher-run python {folder}/load.py {run} {folder} > {folder}/out 2>&1'")
-    wait_for(lambda: len(sender.run(f"cat {folder}/sent").stdout.split()) >= 10, 120, "the load to get going")
-    try:
+    with Load(tmp_path) as load:
         code, said = playbook("site.yml", "-e", f"celery_worker_app_source={second}")
         assert code == 0, said[-3000:]
         assert vault_value("harvest-a", "vault_crawlsite_secret_key") not in said, "the app's environment was shown"
@@ -190,25 +225,7 @@ def test_a_second_release_and_a_rollback_under_load_lose_nothing(tmp_path):
         assert code == 0, said[-3000:]
         for name in WORKERS:
             assert current(name) == first[name] and worker_release(name) == first[name].split("/")[1]
-    finally:
-        sender.check_output(f"touch {folder}/stop")
-        wait_for(lambda: sender.file(f"{folder}/done").exists, 60, "the load to stop")
-
-    sent = sender.check_output(f"cat {folder}/sent").split()
-
-    def executed():
-        found = []
-        for name in WORKERS:
-            log = node(name).run(
-                f"grep -ho 'harvester.tasks.tally\\[{run}-[0-9]*\\] succeeded' /var/log/fetcher/worker.log"
-            )
-            found += re.findall(rf"\[({run}-\d+)\]", log.stdout)
-        return found
-
-    wait_for(lambda: not set(sent) - set(executed()), 300, f"all {len(sent)} tasks sent under load to run")
-    ran = executed()
-    assert len(ran) == len(set(ran)), "a task ran twice"
-    print(f"deploy and rollback under load: {len(sent)} tasks sent, all executed once")
+    load.report("deploy and rollback under load")
 
 
 def test_a_release_that_does_not_import_is_refused_and_every_worker_keeps_its_own(tmp_path):
@@ -220,15 +237,12 @@ def test_a_release_that_does_not_import_is_refused_and_every_worker_keeps_its_ow
             "import a_module_no_release_has\n" + (src / "harvester" / "tasks.py").read_text()
         ),
     )
-    code, said = playbook("playbooks/celery.yml", "-e", f"celery_worker_app_source={broken}")
-    assert code != 0 and "does not import crawlsite" in said and "a_module_no_release_has" in said, said[-3000:]
-    for name in WORKERS:
-        assert current(name) == before[name] and worker_release(name) == before[name].split("/")[1]
-    assert "'sum': 5" in shell(
-        "harvest-a",
-        "from fetcher import runtime; from harvester.tasks import tally; "
-        "print(tally.apply_async((2, 3), queue=runtime.queue_for('harvest-b_task')).get(timeout=60))",
-    )
+    with Load(tmp_path) as load:
+        code, said = playbook("playbooks/celery.yml", "-e", f"celery_worker_app_source={broken}")
+        assert code != 0 and "does not import crawlsite" in said and "a_module_no_release_has" in said, said[-3000:]
+        for name in WORKERS:
+            assert current(name) == before[name] and worker_release(name) == before[name].split("/")[1]
+    load.report("a refused release under load")
 
 
 def test_a_schedule_naming_a_task_the_project_lacks_is_refused_naming_it_and_the_host():

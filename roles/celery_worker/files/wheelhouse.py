@@ -82,10 +82,21 @@ def sources_of(runtime: Path, app: Path) -> list[Path]:
     return [runtime] if runtime.resolve() == app.resolve() else [runtime, app]
 
 
+def run(what: str, command: list[str]) -> None:
+    """Run one build step; if it fails, stop saying what it was doing, with the end of what it said."""
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        said = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise BuildError(f"Failed {what}:\n{said}")
+
+
+class BuildError(Exception):
+    """A build step failed; the message says which, and why."""
+
+
 def build(runtime: Path, app: Path, python_version: str, platforms: list[str], into: Path) -> None:
     """The wheels of the runtime (and of the app, where it has its own) and every dependency they and the
     requirements files pin, resolved together for one Python and its platforms."""
-    quiet = {"check": True, "stdout": subprocess.DEVNULL}
     into.mkdir()
     built = into / ".built"
     for source in sources_of(runtime, app):
@@ -93,8 +104,9 @@ def build(runtime: Path, app: Path, python_version: str, platforms: list[str], i
             # The runtime's build backend (hatchling) is in the controller's toolchain; an app's own is fetched
             # into an isolated build environment, as pip would.
             isolation = ["--no-isolation"] if source == runtime else []
-            subprocess.run(
-                [sys.executable, "-m", "build", "--wheel", *isolation, "--outdir", str(built), str(source)], **quiet
+            run(
+                f"building the wheel of {source}",
+                [sys.executable, "-m", "build", "--wheel", *isolation, "--outdir", str(built), str(source)],
             )
     requirements = [
         argument
@@ -102,7 +114,10 @@ def build(runtime: Path, app: Path, python_version: str, platforms: list[str], i
         if (source / "requirements.txt").is_file()
         for argument in ("--requirement", str(source / "requirements.txt"))
     ]
-    subprocess.run(
+    run(
+        f"resolving the requirements of {' and '.join(str(source) for source in sources_of(runtime, app))} for Python "
+        f"{python_version} ({', '.join(platforms)}); the runtime pins its own (app/requirements.txt), and the app's"
+        " must agree with them",
         [
             sys.executable,
             "-m",
@@ -120,7 +135,6 @@ def build(runtime: Path, app: Path, python_version: str, platforms: list[str], i
             *(str(wheel) for wheel in sorted(built.glob("*.whl"))),
             *(f"--platform={platform}" for platform in platforms),
         ],
-        **quiet,
     )
     shutil.rmtree(built)
 
@@ -200,4 +214,7 @@ def main(cache: Path, runtime: Path, app: Path, python_version: str, platforms: 
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5:])))
+    try:
+        print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5:])))
+    except BuildError as error:
+        sys.exit(str(error))
