@@ -45,7 +45,7 @@ def test_a_healthy_test_bed_is_one_table_and_exit_code_0():
         r"rabbit@server running disc",
         r"rabbit@laptop running ram",
         r"server myvhost \d+ \d+ [1-9]\d* 1 of 1",
-        r"laptop active",
+        r"laptop active fetcher-0\.1\.0-[0-9a-f]{10} ",
         r"BEAT on server: active; last send: .*Sending due task",
         r"All well",
     ):
