@@ -51,21 +51,29 @@ def wait_for(check, timeout, what):
         time.sleep(1)
 
 
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[1]))
+
+
+def operator_env(**overrides):
+    """The environment an operator's ansible-playbook runs with: the repository's ansible.cfg and roles, no colour
+    (the tests read the output), plus `overrides`."""
+    return dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+        **overrides,
+    )
+
+
 def playbook(path, *args, timeout=900):
     """Run a playbook of the repository as an operator does (from its root, with its ansible.cfg and roles)
     against the scenario's inventory. Returns (exit code, output)."""
-    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(project / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(project / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
     done = subprocess.run(
         ["ansible-playbook", path, "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],
-        cwd=project,
-        env=env,
+        cwd=PROJECT,
+        env=operator_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,15 +1,12 @@
 """Two separate clusters that both hold queues are never merged: the run stops before any host changes."""
 
 import json
-import os
 import re
 import subprocess
-from pathlib import Path
 
-from conftest import group, members, node
+from conftest import PROJECT, group, members, node, operator_env
 
 testinfra_hosts = group("rabbitmq_foreign")
-PROJECT = Path(__file__).resolve().parents[3]
 TESTBED = PROJECT / "inventories" / "testbed"
 
 
@@ -28,16 +25,9 @@ def rabbitmq_play(tmp_path, hosts):
             }
         )
     )
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
     return subprocess.run(
         ["ansible-playbook", str(PROJECT / "playbooks" / "rabbitmq.yml"), "-i", str(inventory)],
-        env=env,
+        env=operator_env(),
         capture_output=True,
         text=True,
         timeout=900,

@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 
 import yaml
-from conftest import amqp, cluster_status, members, node, nodename, quorum_queues, wait_for
+from conftest import PROJECT, amqp, cluster_status, members, node, nodename, operator_env, quorum_queues, wait_for
 
-PROJECT = Path(__file__).resolve().parents[3]
 VHOST = "myvhost"
 # The node that stops last and is then gone for good.
 LOST = "rabbit1"
@@ -53,12 +52,7 @@ def force_boot(lost):
             "-e",
             f"lost={lost}",
         ]
-        env = dict(
-            os.environ,
-            ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-            ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-            ANSIBLE_FORCE_COLOR="0",
-        )
+        env = operator_env()
         env.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", str(PROJECT / "inventories/testbed/vault-password"))
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=FORCE_BOOT_TIMEOUT)

@@ -1,35 +1,15 @@
 """playbooks/status.yml on the test bed: one table of the whole cluster, and an exit code cron can act on."""
 
-import os
 import re
-import subprocess
-from pathlib import Path
 
-from conftest import node, wait_for
-
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+from conftest import node, playbook, wait_for
 
 
 def status():
     """status.yml as an operator runs it, from the repository's root, against the scenario's inventory."""
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
-    done = subprocess.run(
-        ["ansible-playbook", "playbooks/status.yml", "-i", os.environ["MOLECULE_INVENTORY_FILE"]],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = done.stdout + done.stderr
+    code, output = playbook("playbooks/status.yml", timeout=600)
     print(output[-4000:])
-    return done.returncode, re.sub(r"\s+", " ", output)
+    return code, re.sub(r"\s+", " ", output)
 
 
 def healthy():

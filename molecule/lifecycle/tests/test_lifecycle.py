@@ -22,17 +22,18 @@ from pathlib import Path
 import yaml
 from conftest import (
     FETCHER,
+    PROJECT,
     beat_sends,
     cluster_status,
     node,
     nodename,
+    operator_env,
     queue_depths,
     quorum_queues,
     unit_enabled,
     wait_for,
 )
 
-PROJECT = Path(__file__).resolve().parents[3]
 PUBLISHER = PROJECT / "molecule/resources/load/publish.py"
 VHOST = "myvhost"
 DELTA, ALPHA, CHARLIE, BRAVO = "lc-delta", "lc-alpha", "lc-charlie", "lc-bravo"
@@ -74,12 +75,7 @@ def write_inventory():
 def playbook(name, *args, succeed=True):
     """Run site.yml or one of playbooks/ as an operator would, against this step's inventory."""
     command = ["ansible-playbook", str(PROJECT / name), "-i", str(write_inventory()), *args]
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-    )
+    env = operator_env()
     started = time.monotonic()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     print(

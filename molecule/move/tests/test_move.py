@@ -11,23 +11,16 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
-from conftest import Publisher, node, queue_depths, wait_for
+from conftest import PROJECT, Publisher, node, operator_env, queue_depths, wait_for
 
 testinfra_hosts = ["old1"]
 OLD, NEW = ["old1", "old2"], ["new1", "new2"]
-PROJECT = Path(__file__).resolve().parents[3]
 
 
 def move_cluster():
     """Run playbooks/move-cluster.yml against the scenario's hosts; return its output and how long it took."""
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-    )
+    env = operator_env()
     began = time.monotonic()
     done = subprocess.run(
         [

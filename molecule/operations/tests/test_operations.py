@@ -14,14 +14,12 @@ import re
 import secrets
 import subprocess
 import uuid
-from pathlib import Path
 
 import pika
-from conftest import FETCHER, amqp, cluster_status, group, host_var, node, wait_for
+from conftest import FETCHER, PROJECT, amqp, cluster_status, group, host_var, node, operator_env, wait_for
 
 testinfra_hosts = group("rabbitmq")
 HOSTS = group("rabbitmq")
-PROJECT = Path(__file__).resolve().parents[3]
 PUBLISHER = PROJECT / "molecule/resources/load/publish.py"
 VAULT_PASSWORD_FILE = os.environ["ANSIBLE_VAULT_PASSWORD_FILE"]
 
@@ -62,13 +60,7 @@ def playbook(name, tmp_path, *args):
     ]
     if NEW:
         command += ["-e", f"@{vault_file(tmp_path)}"]
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_VAULT_PASSWORD_FILE=VAULT_PASSWORD_FILE,
-        ANSIBLE_FORCE_COLOR="0",
-    )
+    env = operator_env(ANSIBLE_VAULT_PASSWORD_FILE=VAULT_PASSWORD_FILE)
     done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=900)
     OUTPUTS.append(done.stdout + done.stderr)
     assert done.returncode == 0, f"{name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
