@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_inventory_validation import assert_rejected
+from rejections import assert_rejected
 
 SITE = Path(__file__).resolve().parents[2] / "site.yml"
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from rejections import assert_rejected
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,29 +19,6 @@ VALIDATE_TASKS = [
     f"rabbitmq : {name.strip()}"
     for name in re.findall(r"^- name: (.+)$", (REPO / "roles/rabbitmq/tasks/validate.yml").read_text(), re.MULTILINE)
 ]
-
-
-def assert_nothing_changed(run, hosts=("server", "laptop")):
-    recap = run.recap()
-    assert set(recap) == set(hosts), f"PLAY RECAP should list {', '.join(hosts)}, got {recap}:\n{run.output}"
-    changed = {host: counts.get("changed") for host, counts in recap.items() if counts.get("changed") != 0}
-    assert not changed, f"hosts reported changes before validation stopped the play: {changed}\n{run.output}"
-    assert not run.container_findings, (
-        f"the run changed container {run.container} although validation should have stopped it: {run.container_findings}"
-    )
-
-
-def assert_rejected(run, task, *messages, hosts=("server", "laptop")):
-    """The run failed in `task` alone, its output matches every regex in `messages`, and nothing changed
-    on `hosts` (the hosts of the play)."""
-    assert run.rc != 0, f"ansible-playbook succeeded although the inventory is bad:\n{run.output}"
-    assert_nothing_changed(run, hosts)
-    failed = run.failed_tasks()
-    assert len(failed) == 1 and failed[0].startswith(task), (
-        f"expected exactly one failing task, {task!r}; failing tasks: {failed}\n{run.output}"
-    )
-    for message in messages:
-        assert re.search(message, run.output), f"the failure does not say {message!r}:\n{run.output}"
 
 
 # 1 -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from test_inventory_validation import assert_rejected
+from rejections import assert_rejected
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 
