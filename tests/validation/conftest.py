@@ -59,6 +59,8 @@ def _start_container():
         CONTAINER,
         "--cap-add",
         "SYS_ADMIN",
+        "--cap-add",
+        "NET_ADMIN",
         "--cgroupns=host",
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:rw",
