@@ -251,3 +251,22 @@ def test_a_disk_free_limit_that_is_no_size_is_refused(target, inventory, playboo
         r"server: rabbitmq_disk_free_limit_relative",
         r"a number followed by\s+kB, MB, GB",
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("rabbitmq_firewall_amqp_clients", ["192.0.2.300"]),
+        ("rabbitmq_firewall_amqp_clients", ["client.example.org"]),
+        ("rabbitmq_firewall_http_clients", ["198.51.100.0/33"]),
+    ],
+)
+def test_a_firewall_client_that_is_no_address_or_network_is_refused(target, inventory, playbook, variable, value):
+    inventory.update_host_vars("server", **{variable: value})
+    run = playbook(inventory)
+    assert_rejected(
+        run,
+        "rabbitmq : Check the firewall's client addresses",
+        rf"server: {variable}\s+has\s+{re.escape(value[0])},\s+which\s+is\s+no\s+address\s+or\s+network",
+        r"in\s+CIDR\s+form",
+    )
