@@ -2,10 +2,11 @@
 the inventory reaches none of them (its packets are dropped, not refused), while a member reaches them all."""
 
 import json
+import re
 import subprocess
 
 import pytest
-from conftest import address, group, node
+from conftest import address, group, node, playbook
 
 NETWORK = "queue-default"
 IMAGE = "queue-testbed:trixie"
@@ -95,3 +96,25 @@ def test_the_firewall_is_loaded_at_boot_before_the_broker_and_names_every_member
             # The set merges neighbouring addresses into ranges: ask whether it holds the address.
             held = host.run(f"nft get element inet rabbitmq_firewall members4 '{{ {ip} }}'")
             assert held.rc == 0, f"{name}'s firewall does not let the member {ip} in: {held.stderr}"
+
+
+def test_switched_off_the_firewall_is_removed_and_switched_on_again_it_is_back(brokers):
+    """rabbitmq_firewall: false takes the role's table, file and unit away (the host's firewall is the operator's
+    again); the next run with it on puts them back; each second run changes nothing."""
+    server = brokers["server"]
+    for setting, table in (("false", False), ("true", True)):
+        for attempt in ("first", "second"):
+            code, output = playbook("site.yml", "-e", f"rabbitmq_firewall={setting}")
+            assert code == 0, output[-3000:]
+            changed = {
+                host: int(count) for host, count in re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", output, re.M)
+            }
+            if attempt == "second":
+                assert set(changed.values()) == {0}, f"a second run with rabbitmq_firewall={setting} changed {changed}"
+        for name in brokers:
+            host = node(name)
+            tables = host.check_output("nft list tables")
+            assert ("inet rabbitmq_firewall" in tables) == table, f"{name} with rabbitmq_firewall={setting}: {tables}"
+            assert host.file("/etc/nftables.d/rabbitmq.nft").exists == table
+        found = probe_from_outside([[server, 4369]])
+        assert found[f"{server}:4369"] == ("dropped" if table else "open"), f"rabbitmq_firewall={setting}: {found}"
