@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import re
+import ssl
 import subprocess
 import time
 import uuid
@@ -107,10 +108,23 @@ def address(host):
     return host.check_output("hostname -i").split()[0]
 
 
+# Where the test bed's scenarios with TLS keep their throwaway CA (group_vars/rabbitmq_tls: rabbitmq_tls_dir).
+TESTBED_CA = Path.home() / ".cache" / "queue-testbed" / "pki" / "ca.pem"
+
+
+def tls_options(host, cafile=TESTBED_CA):
+    """Pika's TLS options for a broker whose clients use TLS: its certificate checked against the CA, by address."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    return pika.SSLOptions(context, server_hostname=address(host))
+
+
 def amqp(host, user, password, vhost):
-    """Open a real AMQP connection from this machine to the broker in the container."""
+    """Open a real AMQP connection from this machine to the broker in the container (over TLS where it has it)."""
+    tls = host_var(getattr(host.backend.host, "name", host.backend.host), "rabbitmq_tls", False)
     params = pika.ConnectionParameters(
         host=address(host),
+        port=5671 if tls else 5672,
+        ssl_options=tls_options(host) if tls else None,
         virtual_host=vhost,
         credentials=pika.PlainCredentials(user, password),
         connection_attempts=3,

@@ -1,5 +1,6 @@
 """The Celery configuration built from the host's settings."""
 
+import ssl
 from dataclasses import replace
 from datetime import timedelta
 from urllib.parse import quote
@@ -142,3 +143,10 @@ def test_the_loaded_app_uses_this_configuration(fetcher_app):
     assert sorted(conf.task_queues, key=lambda queue: queue.name)[0].queue_arguments["x-queue-type"] == "quorum"
     assert conf.task_acks_late is True
     assert "fan-out-to-laptop" in conf.beat_schedule
+
+
+def test_plain_amqp_without_a_ca_and_tls_checked_against_the_ca_with_one(settings, config):
+    assert config["broker_use_ssl"] is False
+    with_ca = replace(settings, broker=replace(settings.broker, ca_file="/etc/fetcher/broker-ca.pem"))
+    tls = build_config(with_ca)["broker_use_ssl"]
+    assert tls == {"ca_certs": "/etc/fetcher/broker-ca.pem", "cert_reqs": ssl.CERT_REQUIRED}

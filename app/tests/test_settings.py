@@ -229,3 +229,13 @@ def test_quota_errors_say_what_to_fix(tmp_path, change, expected):
 def test_a_quota_needs_the_api(tmp_path):
     message = error_for(tmp_path, without_section(EXAMPLE, "[api]") + QUOTA)
     assert "there is no [api] section" in message
+
+
+def test_the_broker_ca_is_optional_and_read_when_present(tmp_path):
+    assert load(tmp_path, EXAMPLE).broker.ca_file is None
+    text = EXAMPLE.replace(
+        "connect_timeout = 10\n", 'connect_timeout = 10\nca_file = "/etc/fetcher/broker-ca.pem"\n', 1
+    )
+    assert load(tmp_path, text).broker.ca_file == "/etc/fetcher/broker-ca.pem"
+    empty = EXAMPLE.replace("connect_timeout = 10\n", 'connect_timeout = 10\nca_file = ""\n', 1)
+    assert "ca_file" in error_for(tmp_path, empty)

@@ -41,7 +41,7 @@ from amqp.exceptions import AMQPError, ResourceLocked
 from kombu import Connection
 from kombu.exceptions import KombuError
 
-from fetcher.broker import broker_urls
+from fetcher.broker import broker_tls, broker_urls
 from fetcher.settings import RoutingSettings, Settings
 
 logger = logging.getLogger("fetcher.beat")
@@ -67,6 +67,7 @@ def lock_connection(settings: Settings) -> Connection:
     """A new connection for the lock, to the cluster's nodes in failover order (the local one first)."""
     return Connection(
         broker_urls(settings.broker),
+        ssl=broker_tls(settings.broker),
         heartbeat=LOCK_HEARTBEAT,
         connect_timeout=settings.broker.connect_timeout,
     )

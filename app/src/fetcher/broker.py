@@ -6,6 +6,7 @@ every other node is a fallback. The user, password and vhost are percent-quoted:
 contain `#`, `/`, `:` or `@`, which would otherwise be read as URL syntax.
 """
 
+import ssl
 from urllib.parse import quote
 
 from fetcher.settings import BrokerSettings
@@ -16,6 +17,18 @@ def broker_urls(broker: BrokerSettings) -> list[str]:
     credentials = f"{quote(broker.user, safe='')}:{quote(broker.password, safe='')}"
     vhost = quote(broker.vhost, safe="")
     return [f"amqp://{credentials}@{host}/{vhost}" for host in broker.hosts]
+
+
+def broker_tls(broker: BrokerSettings) -> dict | bool:
+    """Kombu's `ssl` option: with a CA file, TLS that accepts only a certificate that CA signed; else plain.
+
+    The CA is the cluster's own (the rabbitmq role's), which signs nothing but its nodes' certificates, so its
+    signature alone says the peer is a node. Host names are not compared: Kombu fixes the name it checks at the
+    first node it connects to and keeps it when it fails over to the next, whose certificate has another name.
+    """
+    if broker.ca_file is None:
+        return False
+    return {"ca_certs": broker.ca_file, "cert_reqs": ssl.CERT_REQUIRED}
 
 
 # The properties a message keeps when it is published again (user_id would have to match the publishing

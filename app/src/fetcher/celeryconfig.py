@@ -18,7 +18,7 @@ The choices that make delivery reliable live here, each with its reason:
 
 from typing import Any
 
-from fetcher.broker import broker_urls
+from fetcher.broker import broker_tls, broker_urls
 from fetcher.queues import task_queues
 from fetcher.schedule import beat_schedule
 from fetcher.settings import Settings
@@ -33,6 +33,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
     worker = settings.worker
     return {
         "broker_url": broker_urls(settings.broker),
+        "broker_use_ssl": broker_tls(settings.broker),
         "broker_heartbeat": settings.broker.heartbeat,
         "broker_connection_timeout": settings.broker.connect_timeout,
         "broker_connection_retry_on_startup": True,

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from kombu import Connection, Producer, Queue
 
-from fetcher.broker import broker_urls, publish_again
+from fetcher.broker import broker_tls, broker_urls, publish_again
 from fetcher.config_reader import ConfigError
 from fetcher.queues import dead_letter_queue, declare_all
 from fetcher.settings import Settings, config_path, load_settings
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "connect_timeout": settings.broker.connect_timeout,
     }
     with (
-        Connection(broker_urls(old_broker), **options_for) as old,
-        Connection(broker_urls(settings.broker), **options_for) as new,
+        Connection(broker_urls(old_broker), ssl=broker_tls(old_broker), **options_for) as old,
+        Connection(broker_urls(settings.broker), ssl=broker_tls(settings.broker), **options_for) as new,
     ):
         moved = move(settings, old, new, options.idle, options.timeout)
     report = {

@@ -32,6 +32,8 @@ class BrokerSettings:
     password: str = field(repr=False)
     heartbeat: int
     connect_timeout: float
+    # The CA that signed the nodes' certificates: set, the worker connects over TLS and checks them.
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ def _broker(table: Table) -> BrokerSettings:
         password=table.string("password"),
         heartbeat=table.integer("heartbeat", minimum=0),
         connect_timeout=table.positive_number("connect_timeout"),
+        ca_file=table.string("ca_file") if table.has("ca_file") else None,
     )
     table.finish()
     return broker

@@ -10,8 +10,8 @@ from conftest import address, group, node, playbook
 
 NETWORK = "queue-default"
 IMAGE = "queue-testbed:trixie"
-# epmd, the inter-node port, the CLI range's first port, AMQP, management, metrics.
-BROKER_PORTS = [4369, 25672, 35672, 5672, 15672, 15692]
+# epmd, the inter-node port, the CLI range's first port, AMQP (plain and TLS), management, metrics.
+BROKER_PORTS = [4369, 25672, 35672, 5672, 5671, 15672, 15692]
 # A port nothing listens on and the firewall leaves alone: refused, which shows the outsider reaches the host.
 CONTROL_PORT = 9
 
@@ -78,7 +78,8 @@ def test_members_reach_each_other_s_epmd_inter_node_and_amqp_ports(brokers):
         for other, ip in brokers.items():
             if other == name:
                 continue
-            for port in (4369, 25672, 5672):
+            # AMQP over TLS: this scenario's clients use it (plain AMQP listens on loopback only).
+            for port in (4369, 25672, 5671):
                 check = node(name).run(
                     f"python3 -c 'import socket; socket.create_connection((\"{ip}\", {port}), timeout=3).close()'"
                 )

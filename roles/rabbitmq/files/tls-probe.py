@@ -1,0 +1,29 @@
+# This node's TLS files, as status.yml reads them: one line, `tls DAYS_LEFT match|mismatch CA_DIGEST NAMES`
+# (NAMES: the certificate's subject alternative names, comma-separated), or `tls none` where a file is missing
+# or unreadable. Run with python3 -c; needs Python's cryptography (the tls packages).
+import datetime
+import hashlib
+import sys
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    folder = sys.argv[1]
+    with open(f"{folder}/cert.pem", "rb") as file:
+        cert = x509.load_pem_x509_certificate(file.read())
+    with open(f"{folder}/key.pem", "rb") as file:
+        key = serialization.load_pem_private_key(file.read(), None)
+    with open(f"{folder}/ca.pem", "rb") as file:
+        ca_digest = hashlib.sha256(file.read().rstrip()).hexdigest()
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.PEM
+    same = cert.public_key().public_bytes(encoding, public) == key.public_key().public_bytes(encoding, public)
+    ends = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    days = (ends - datetime.datetime.now(datetime.timezone.utc)).days
+    alternatives = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [f"DNS:{name}" for name in alternatives.get_values_for_type(x509.DNSName)]
+    names += [f"IP:{address}" for address in alternatives.get_values_for_type(x509.IPAddress)]
+    print("tls", days, "match" if same else "mismatch", ca_digest, ",".join(sorted(names)))
+except Exception:  # noqa: BLE001 - any missing or unreadable file means a new key and certificate
+    print("tls none")
