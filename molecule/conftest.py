@@ -108,8 +108,10 @@ def address(host):
     return host.check_output("hostname -i").split()[0]
 
 
-# Where the test bed's scenarios with TLS keep their throwaway CA (group_vars/rabbitmq_tls: rabbitmq_tls_dir).
-TESTBED_CA = Path.home() / ".cache" / "queue-testbed" / "pki" / "ca.pem"
+# Where the test bed's scenario keeps its throwaway CA, with TLS on (group_vars/rabbitmq_tls: rabbitmq_tls_dir).
+TESTBED_CA = (
+    Path.home() / ".cache" / "queue-testbed" / os.environ.get("MOLECULE_SCENARIO_NAME", "default") / "pki" / "ca.pem"
+)
 
 
 def tls_options(host, cafile=TESTBED_CA):

@@ -270,3 +270,15 @@ def test_a_firewall_client_that_is_no_address_or_network_is_refused(target, inve
         rf"server: {variable}\s+has\s+{re.escape(value[0])},\s+which\s+is\s+no\s+address\s+or\s+network",
         r"in\s+CIDR\s+form",
     )
+
+
+@pytest.mark.parametrize(("passphrase", "problem"), [("", "empty"), ("short", r"shorter\s+than\s+8\s+characters")])
+def test_tls_without_a_passphrase_for_its_ca_is_refused(target, inventory, playbook, passphrase, problem):
+    inventory.update_host_vars("laptop", rabbitmq_tls=True, rabbitmq_tls_ca_passphrase=passphrase)
+    run = playbook(inventory)
+    assert_rejected(
+        run,
+        "rabbitmq : Check that TLS has the passphrase of its certificate authority",
+        rf"laptop: rabbitmq_tls\s+is\s+on\s+but\s+rabbitmq_tls_ca_passphrase\s+is\s+{problem}",
+        r"vault_rabbitmq_tls_ca_passphrase",
+    )

@@ -149,3 +149,12 @@ def test_a_certificate_near_its_end_is_renewed_without_a_restart_and_the_workers
     changed = {host: int(count) for host, count in re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", output, re.M)}
     assert set(changed.values()) == {0}, f"the run after the renewal changed {changed}"
     assert node("server").run("env FETCHER_CONFIG=/etc/fetcher/fetcher.toml /opt/fetcher/venv/bin/fetcher-demo").rc == 0
+
+
+def test_the_ca_key_on_the_controller_is_encrypted_and_its_owner_s_alone():
+    key = TESTBED_CA.parent / "ca.key"
+    assert key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "the CA's key is stored in clear"
+    assert key.stat().st_mode & 0o077 == 0, "others may read the CA's key"
+    assert TESTBED_CA.parent.stat().st_mode & 0o077 == 0, "others may list the CA's folder"
+    with pytest.raises((TypeError, ValueError)):
+        serialization.load_pem_private_key(key.read_bytes(), None)

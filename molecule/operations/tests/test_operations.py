@@ -26,7 +26,12 @@ VAULT_PASSWORD_FILE = os.environ["ANSIBLE_VAULT_PASSWORD_FILE"]
 # The secrets as converged (the test bed's vault), and what the rotations below replace them with.
 OLD = {
     name: host_var(HOSTS[0], name)
-    for name in ("vault_rabbitmq_app_password", "vault_rabbitmq_admin_password", "vault_rabbitmq_erlang_cookie")
+    for name in (
+        "vault_rabbitmq_app_password",
+        "vault_rabbitmq_admin_password",
+        "vault_rabbitmq_erlang_cookie",
+        "vault_rabbitmq_tls_ca_passphrase",
+    )
 }
 NEW = {}
 # Everything ansible-playbook printed in this module, at -vvv with diffs: no secret may be in it.
