@@ -19,8 +19,8 @@ try:
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     encoding = serialization.Encoding.PEM
     same = cert.public_key().public_bytes(encoding, public) == key.public_key().public_bytes(encoding, public)
-    ends = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-    days = (ends - datetime.datetime.now(datetime.timezone.utc)).days
+    ends = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.UTC)
+    days = (ends - datetime.datetime.now(datetime.UTC)).days
     alternatives = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = [f"DNS:{name}" for name in alternatives.get_values_for_type(x509.DNSName)]
     names += [f"IP:{address}" for address in alternatives.get_values_for_type(x509.IPAddress)]
