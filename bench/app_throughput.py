@@ -27,7 +27,7 @@ from collections import Counter
 
 from amqp.exceptions import ConsumerCancelled
 from celery.exceptions import TimeoutError as CeleryTimeout
-from fetcher.broker import broker_urls
+from fetcher.broker import broker_tls, broker_urls
 from fetcher.queues import task_queues
 from fetcher.routing import queue_for
 from fetcher.settings import config_path, load_settings
@@ -54,7 +54,12 @@ def connection(conf, first_host=None):
     if first_host:
         hosts.sort(key=lambda host: host.rpartition(":")[0] != first_host)
     urls = broker_urls(dataclasses.replace(conf.broker, hosts=tuple(hosts)))
-    return Connection(urls, connect_timeout=conf.broker.connect_timeout, transport_options={"confirm_publish": True})
+    return Connection(
+        urls,
+        ssl=broker_tls(conf.broker),
+        connect_timeout=conf.broker.connect_timeout,
+        transport_options={"confirm_publish": True},
+    )
 
 
 def raw_queue(conf, like):

@@ -122,7 +122,7 @@ def tls_options(host, cafile=TESTBED_CA):
 
 def amqp(host, user, password, vhost):
     """Open a real AMQP connection from this machine to the broker in the container (over TLS where it has it)."""
-    tls = host_var(getattr(host.backend.host, "name", host.backend.host), "rabbitmq_tls", False)
+    tls = host_var(getattr(host.backend.host, "name", host.backend.host), "rabbitmq_tls", True)
     params = pika.ConnectionParameters(
         host=address(host),
         port=5671 if tls else 5672,

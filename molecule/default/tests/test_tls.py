@@ -1,4 +1,4 @@
-"""Clients reach the brokers over TLS (rabbitmq_tls, on in this scenario): every worker connection is TLS; plain
+"""Clients reach the brokers over TLS (rabbitmq_tls, on by default): every worker connection is TLS; plain
 AMQP answers on loopback only; a client checks the broker's certificate against the cluster's CA, and the broker
 refuses a client certificate its CA did not sign or that has expired; a certificate near its end is renewed
 without a restart, and the workers carry on."""
