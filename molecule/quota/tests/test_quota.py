@@ -6,6 +6,7 @@ its counts are the evidence.
 """
 
 import json
+import threading
 import time
 import uuid
 
@@ -120,16 +121,27 @@ def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_i
 
     # While it runs: server's worker is seen not consuming `api` while laptop still is, and meanwhile its own
     # queue keeps flowing.
-    seen, own_queue = [], []
+    # The two workers are sampled in a loop of their own, as often as they answer, so that the pause (seconds
+    # long) is not missed while the counts below are read.
+    seen, own_queue, stop = [], [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            seen.append((quota("server")["consuming"], quota("laptop")["consuming"]))
 
     def finished():
-        seen.append((quota("server")["consuming"], quota("laptop")["consuming"]))
-        if seen[-1] == (False, True) and not own_queue:
+        if (False, True) in seen and not own_queue:
             own_queue.append(demo("server", "--routing-key", "server_task", "--count", "4"))
         done = {call["item"] for call in calls(run) if call["status"] == 200}
         return len(done) + dead(vhost) - dead_before >= count
 
-    wait_for(finished, 4 * WINDOW + 60, f"{count} API tasks to be executed or dead-lettered")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wait_for(finished, 4 * WINDOW + 60, f"{count} API tasks to be executed or dead-lettered")
+    finally:
+        stop.set()
+        sampler.join(timeout=30)
     run_calls = calls(run)
     counts = per_window(run_calls)
 
