@@ -37,3 +37,12 @@ def test_a_removal_that_would_cost_a_queue_its_majority_is_named():
     queues = replicas.given_quorum_queues(READ, ["rabbit@a", "rabbit@b"], "myvhost")
     at_risk = replicas.without_majority(queues, {}, [("a", "rabbit@a"), ("a", "rabbit@b")])
     assert len(at_risk) == 1 and at_risk[0].startswith("a ")
+
+
+def test_a_node_losing_every_replica_it_holds_is_shrunk_in_one_command_else_queue_by_queue():
+    # rabbit@b holds a replica of myvhost's a and b only: both going, one `shrink` empties it. rabbit@a also
+    # holds other/x, which is not in the plan: its replicas go one `delete_member` at a time.
+    leaving = {"rabbit@b": {("myvhost", "a"), ("myvhost", "b")}, "rabbit@a": {("myvhost", "a"), ("myvhost", "b")}}
+    assert replicas.shrinkable(leaving, READ) == {"rabbit@b"}
+    # Without the read of every vhost, no node is known to be emptied by the plan.
+    assert replicas.shrinkable(leaving, None) == set()

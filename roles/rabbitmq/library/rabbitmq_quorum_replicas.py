@@ -6,8 +6,10 @@ joins later holds no replica of the older queues, and a node that may be switche
 laptop) can hold a replica whose absence costs a majority. This module reads every quorum queue of the
 given virtual hosts once (`rabbitmqctl list_queues`), and with RabbitMQ's own commands adds the missing
 replicas first (`rabbitmq-queues grow` when a node needs a replica of every queue lacking one, else
-`add_member` per queue), then removes the replicas on any node that is not eligible (`delete_member`), so a
-queue never has fewer voting members than before at any step. A dependable node that is only stopped keeps
+`add_member` per queue), then removes the replicas on any node that is not eligible (`rabbitmq-queues shrink`
+when every replica that node holds, in any vhost, is to go, else `delete_member` per queue), so a queue never
+has fewer voting members than before at any step. Each command starts a CLI of its own (about a second of
+CPU), hence one command per node wherever one does it all. A dependable node that is only stopped keeps
 its replicas (counted offline): it is not leaving, and the plan is refused if that leaves a queue without a
 majority online. It then reads the queues again and fails,
 naming each queue, if one is still off its target. In check mode it only reports what it would change.
@@ -32,8 +34,8 @@ options:
     type: list
     elements: dict
     description: >-
-      The quorum queues as the caller read them just before (vhost, name, members), with `running`, the
-      running nodes: then the module lists the queues itself only after changing them.
+      The quorum queues of every vhost as the caller read them just before (vhost, name, members), with
+      `running`, the running nodes: then the module lists the queues itself only after changing them.
   running: {type: list, elements: str, default: [], description: The running nodes, with `queues`.}
 """
 
@@ -119,7 +121,7 @@ def rabbitmq(module, timeout, *args):
         module.fail_json(msg=f"rabbitmq-queues {' '.join(args)} failed: {(err or out).strip()}")
 
 
-def apply(module, vhost, queues, additions, removals, timeout):
+def add(module, vhost, queues, additions, timeout):
     lacking = {node: sorted(q["name"] for q in queues if node not in q["members"]) for node in additions}
     for node, names in additions.items():
         if sorted(names) == lacking[node]:
@@ -139,8 +141,28 @@ def apply(module, vhost, queues, additions, removals, timeout):
         else:
             for name in names:
                 rabbitmq(module, timeout, "add_member", "-p", vhost, name, node)
-    for name, node in removals:
-        rabbitmq(module, timeout, "delete_member", "-p", vhost, name, node)
+
+
+def shrinkable(removals, every_queue):
+    """The nodes whose every replica, in any vhost, is among removals ({node: {(vhost, queue)}}): those
+    `rabbitmq-queues shrink` empties in one command. every_queue is the read of all vhosts (None: unknown)."""
+    if every_queue is None:
+        return set()
+    held = collections.defaultdict(set)
+    for queue in every_queue:
+        for node in queue["members"]:
+            held[node].add((queue["vhost"], queue["name"]))
+    return {node for node, pairs in removals.items() if pairs == held[node]}
+
+
+def remove(module, removals, every_queue, timeout):
+    whole = shrinkable(removals, every_queue)
+    for node, pairs in sorted(removals.items()):
+        if node in whole:
+            rabbitmq(module, timeout, "shrink", node, "--errors-only")
+        else:
+            for vhost, name in sorted(pairs):
+                rabbitmq(module, timeout, "delete_member", "-p", vhost, name, node)
 
 
 def main():
@@ -174,12 +196,21 @@ def main():
                 f"of vhost {vhost} without a majority of their members online: {'; '.join(at_risk)}. "
                 f"Bring their other members' nodes back first."
             )
+    leaving = collections.defaultdict(set)
     for vhost in vhosts:
         queues, additions, removals = plans[vhost]
         added += [{"vhost": vhost, "queue": q, "node": n} for n, names in additions.items() for q in names]
         removed += [{"vhost": vhost, "queue": q, "node": n} for q, n in removals]
+        for name, node in removals:
+            leaving[node].add((vhost, name))
+        if additions and not module.check_mode:
+            add(module, vhost, queues, additions, module.params["timeout"])
+    if leaving and not module.check_mode:
+        every_queue = module.params["queues"]
+        remove(module, leaving, every_queue, module.params["timeout"])
+    for vhost in vhosts:
+        queues, additions, removals = plans[vhost]
         if (additions or removals) and not module.check_mode:
-            apply(module, vhost, queues, additions, removals, module.params["timeout"])
             queues = list_quorum_queues(module, vhost)
             left = plan(queues, nodes, target, stopped)
             short += [f"{vhost}/{q} needs a replica on {n}" for n, names in left[0].items() for q in names]
