@@ -1,6 +1,7 @@
 # This node's TLS files, as status.yml reads them: one line, `tls DAYS_LEFT match|mismatch CA_DIGEST NAMES`
 # (NAMES: the certificate's subject alternative names, comma-separated), or `tls none` where a file is missing
-# or unreadable. Run with python3 -c; needs Python's cryptography (the tls packages).
+# or unreadable. Run with python3 -c, given the certificate's, the key's and the CA's paths (rabbitmq_tls_files);
+# needs Python's cryptography (the tls packages).
 import datetime
 import hashlib
 import sys
@@ -9,12 +10,12 @@ try:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    folder = sys.argv[1]
-    with open(f"{folder}/cert.pem", "rb") as file:
+    cert_path, key_path, ca_path = sys.argv[1:4]
+    with open(cert_path, "rb") as file:
         cert = x509.load_pem_x509_certificate(file.read())
-    with open(f"{folder}/key.pem", "rb") as file:
+    with open(key_path, "rb") as file:
         key = serialization.load_pem_private_key(file.read(), None)
-    with open(f"{folder}/ca.pem", "rb") as file:
+    with open(ca_path, "rb") as file:
         ca_digest = hashlib.sha256(file.read().rstrip()).hexdigest()
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     encoding = serialization.Encoding.PEM
