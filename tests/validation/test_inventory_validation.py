@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from rejections import assert_rejected
 
 REPO = Path(__file__).resolve().parents[2]
@@ -282,3 +284,26 @@ def test_tls_without_a_passphrase_for_its_ca_is_refused(target, inventory, playb
         rf"laptop: rabbitmq_tls\s+is\s+on\s+but\s+rabbitmq_tls_ca_passphrase\s+is\s+{problem}",
         r"vault_rabbitmq_tls_ca_passphrase",
     )
+
+
+def test_a_ca_key_the_passphrase_does_not_open_is_refused_and_kept(target, inventory, playbook, tmp_path):
+    # The CA's key as an earlier run made it, but with another passphrase than the vault's now: a new CA would
+    # leave every client distrusting the cluster, so the run stops before any change and keeps the key.
+    folder = tmp_path / "pki"
+    folder.mkdir(mode=0o700)
+    key = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"the passphrase it was made with"),
+    )
+    (folder / "ca.key").write_bytes(key)
+    for host in ("server", "laptop"):
+        inventory.update_host_vars(host, rabbitmq_tls=True, rabbitmq_tls_dir=str(folder))
+    run = playbook(inventory)
+    assert_rejected(
+        run,
+        "rabbitmq : Check that the passphrase opens the key of the cluster's certificate authority",
+        r"does\s+not\s+open\s+with\s+rabbitmq_tls_ca_passphrase",
+        r"the\s+key\s+is\s+never\s+replaced",
+    )
+    assert (folder / "ca.key").read_bytes() == key
