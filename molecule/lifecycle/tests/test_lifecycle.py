@@ -265,7 +265,7 @@ def test_each_node_killed_in_turn_under_load_loses_no_task_and_publishing_goes_o
     assert max(gaps.values()) < GAP_BOUND, f"publishing waited too long for a confirm: {gaps}"
 
 
-def test_a_removed_node_leaves_no_replica_and_keeps_no_cookie_or_data():
+def test_a_removed_node_leaves_no_replica_and_keeps_no_cookie_tls_key_or_data():
     with Load(DELTA, WORKERS) as load:
         playbook("playbooks/remove-node.yml", "-e", f"node={BRAVO}")
     INVENTORY["rabbitmq"].remove(BRAVO)
@@ -279,6 +279,8 @@ def test_a_removed_node_leaves_no_replica_and_keeps_no_cookie_or_data():
     assert not removed.file("/var/lib/rabbitmq/.erlang.cookie").exists
     assert not removed.file("/root/.erlang.cookie").exists
     assert not removed.file("/var/lib/rabbitmq/mnesia").exists
+    # Its TLS key and the certificate the cluster's CA signed for it go too: the key never leaves a member.
+    assert not removed.file("/etc/rabbitmq/tls").exists
 
 
 def test_a_removal_that_would_cost_a_queue_its_majority_is_refused_with_nothing_changed():
