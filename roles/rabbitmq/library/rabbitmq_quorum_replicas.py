@@ -8,7 +8,7 @@ given virtual hosts once (`rabbitmqctl list_queues`), and with RabbitMQ's own co
 replicas first (`rabbitmq-queues grow` when a node needs a replica of every queue lacking one, else
 `add_member` per queue), then removes the replicas on any node that is not eligible (`rabbitmq-queues shrink`
 when every replica that node holds, in any vhost, is to go, else `delete_member` per queue), so a queue never
-has fewer voting members than before at any step. Each command starts a CLI of its own (about a second of
+has fewer voting members than before at any step. Each command starts a CLI of its own (half a second of
 CPU), hence one command per node wherever one does it all. A dependable node that is only stopped keeps
 its replicas (counted offline): it is not leaving, and the plan is refused if that leaves a queue without a
 majority online. It then reads the queues again and fails,
