@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pika
 import pytest
+import requests
 import testinfra
 import testinfra.utils.ansible_runner
 
@@ -250,3 +251,25 @@ def beat_sends(name, log, entry):
 def set_workers(state):
     for name in group("celery_workers"):
         node(name).check_output(f"systemctl {state} fetcher-worker")
+
+
+# The quota scenario's API work: sends COUNT call_api tasks for items RUN-0 .. RUN-(COUNT-1) to the api queue, over
+# one pooled connection, from server.
+SEND_API_CALLS = (
+    f"{FETCHER}/python -c 'import sys; from fetcher.app import app; from fetcher.tasks import call_api\n"
+    "with app.producer_or_acquire() as producer:\n"
+    "    for i in range(int(sys.argv[2])):\n"
+    "        call_api.apply_async((f\"{sys.argv[1]}-{i}\",), queue=\"api\", producer=producer, ignore_result=True)\n"
+    "'"
+)
+
+
+def send_api_calls(run, count):
+    node("server").check_output(f"{SEND_API_CALLS} {run} {count}")
+
+
+def stand_in(path):
+    """One answer of the API stand-in (on the `api` host): /calls, each call it counted; /stats."""
+    response = requests.get(f"http://{address(node('api'))}:8080{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()

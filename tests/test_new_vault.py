@@ -46,7 +46,12 @@ def test_new_vault_is_encrypted_and_holds_strong_random_secrets(tmp_path):
     values = decrypt(dest, password_file)
     # What the roles' checks require: the cookie 20-255 letters and digits, passwords of 12 characters or more.
     assert re.fullmatch(r"[A-Za-z0-9]{64}", values["vault_rabbitmq_erlang_cookie"])
-    for key in ("vault_rabbitmq_app_password", "vault_rabbitmq_admin_password", "vault_rabbitmq_tls_ca_passphrase"):
+    for key in (
+        "vault_rabbitmq_app_password",
+        "vault_rabbitmq_admin_password",
+        "vault_rabbitmq_tls_ca_passphrase",
+        "vault_celery_flower_password",
+    ):
         assert len(values[key]) >= 24, key
         assert values[key] not in text
     assert values["vault_fetcher_api_tokens"] == {}

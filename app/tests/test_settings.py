@@ -239,3 +239,63 @@ def test_the_broker_ca_is_optional_and_read_when_present(tmp_path):
     assert load(tmp_path, text).broker.ca_file == "/etc/fetcher/broker-ca.pem"
     empty = EXAMPLE.replace("connect_timeout = 10\n", 'connect_timeout = 10\nca_file = ""\n', 1)
     assert "ca_file" in error_for(tmp_path, empty)
+
+
+METRICS = """
+[metrics]
+port = 9808
+address = "0.0.0.0"
+allow = ["192.0.2.0/24", "2001:db8::7", "monitor", "prometheus.example.org", "db_2"]
+directory = "/var/lib/fetcher/metrics"
+"""
+
+
+def test_metrics_is_optional_and_read_when_present(tmp_path):
+    assert load(tmp_path, EXAMPLE).metrics is None
+
+    metrics = load(tmp_path, EXAMPLE + METRICS).metrics
+
+    assert (metrics.port, metrics.address) == (9808, "0.0.0.0")
+    assert metrics.allow == ("192.0.2.0/24", "2001:db8::7", "monitor", "prometheus.example.org", "db_2")
+    assert [str(network) for network in metrics.networks] == ["192.0.2.0/24", "2001:db8::7/128"]
+    assert metrics.host_names == ("monitor", "prometheus.example.org", "db_2")
+    assert metrics.worker_directory == Path("/var/lib/fetcher/metrics/worker")
+    assert metrics.beat_directory == Path("/var/lib/fetcher/metrics/beat")
+
+
+def test_metrics_may_allow_loopback_only_and_listen_on_ipv6(tmp_path):
+    text = (EXAMPLE + METRICS).replace('"0.0.0.0"', '"::"')
+    text = text.replace(
+        'allow = ["192.0.2.0/24", "2001:db8::7", "monitor", "prometheus.example.org", "db_2"]', "allow = []"
+    )
+    metrics = load(tmp_path, text).metrics
+    assert metrics.address == "::" and metrics.allow == () and metrics.networks == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("port = 9808", "port = 0"), "metrics.port must be an integer from 1 to 65535"),
+        (("port = 9808", "port = 65536"), "metrics.port must be an integer from 1 to 65535"),
+        (("port = 9808", 'port = "9808"'), "metrics.port must be an integer from 1 to 65535"),
+        (('address = "0.0.0.0"', 'address = "localhost"'), "metrics.address must be an IPv4 or IPv6 address"),
+        (('address = "0.0.0.0"', 'address = ""'), "metrics.address must be a non-empty string"),
+        (('"192.0.2.0/24"', '"192.0.2.1/24"'), "metrics.allow[0] must be an IPv4 or IPv6 address, a network"),
+        (('"192.0.2.0/24"', '"192.0.2.300"'), "metrics.allow[0] must be an IPv4 or IPv6 address, a network"),
+        (('"monitor"', '"monitor host"'), "metrics.allow[2] must be an IPv4 or IPv6 address, a network"),
+        (('"monitor"', '"-monitor"'), "metrics.allow[2] must be an IPv4 or IPv6 address, a network"),
+        (('"monitor"', '"2001:db8::7"'), "metrics.allow must not repeat an entry"),
+        (('allow = ["192.0.2.0/24"', 'allow = [5, "192.0.2.0/24"'), "metrics.allow must be an array of non-empty"),
+        (('directory = "/var', 'directory = "var'), "metrics.directory must be an absolute path"),
+        (("port = 9808", "port = 9808\nprot = 1"), "metrics.prot is not a known key"),
+    ],
+)
+def test_metrics_errors_say_what_to_fix(tmp_path, change, expected):
+    assert change[0] in METRICS
+    assert expected in error_for(tmp_path, EXAMPLE + METRICS.replace(*change))
+
+
+def test_every_metrics_key_is_required(tmp_path):
+    for key in ("port", "address", "allow", "directory"):
+        text = without_line(EXAMPLE + METRICS, f"{key} = ")
+        assert f"metrics.{key} is missing" in error_for(tmp_path, text)

@@ -14,13 +14,19 @@ taken in the background from the moment the schedule is set up, and two changes 
   the lock meanwhile), and what fell due during it is sent when the lease is renewed.
 
 Celery's own line for each send, `Scheduler: Sending due task NAME (TASK)`, is unchanged.
+
+For Prometheus (`fetcher.metrics`), each entry's last send and its period: set when Celery has sent it, and for
+every entry when the lock is taken, as each period starts afresh then: an entry is overdue (beat silent) only
+once a period has passed since the later of the two.
 """
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from celery.beat import PersistentScheduler
+from celery.beat import PersistentScheduler, ScheduleEntry
 
+from fetcher import metrics
 from fetcher.beatlock import BeatLock
 
 logger = logging.getLogger("fetcher.beat")
@@ -66,6 +72,12 @@ class LockedScheduler(PersistentScheduler):
         self._report(sending=True)
         return min(super().tick(*args, **kwargs), HELD_INTERVAL)
 
+    def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        # Where Celery's apply_entry sends an entry (it logs and swallows an error, which then records nothing).
+        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        metrics.record_beat_send(entry.name, self.app.now().timestamp(), _period(entry))
+        return result
+
     def close(self) -> None:
         # The lock first: this beat stops sending, and another may take over as soon as the queue is gone.
         if self._lock is not None:
@@ -77,6 +89,7 @@ class LockedScheduler(PersistentScheduler):
         entries = list(self.schedule.values())
         for entry in entries:
             entry.last_run_at = entry.default_now()
+            metrics.record_beat_send(entry.name, entry.last_run_at.timestamp(), _period(entry))
         self.populate_heap()
         logger.info(
             "took the beat lock %s: the periods of %d entries start now, each sends a full period from now",
@@ -93,3 +106,9 @@ class LockedScheduler(PersistentScheduler):
             logger.info("sending the periodic tasks (holding the beat lock %s)", self._lock.name)
         else:
             logger.info("not holding the beat lock %s: sending nothing", self._lock.name)
+
+
+def _period(entry: ScheduleEntry) -> float | None:
+    """The entry's period in seconds; None for a schedule without one (a crontab's intervals vary)."""
+    run_every = getattr(entry.schedule, "run_every", None)
+    return run_every.total_seconds() if isinstance(run_every, timedelta) else None

@@ -63,11 +63,13 @@ class Table:
             raise self.error(key, f"must be one of: {', '.join(choices)}{reason}")
         return value
 
-    def integer(self, key: str, minimum: int) -> int:
-        """An integer (TOML booleans are refused) of at least `minimum`."""
+    def integer(self, key: str, minimum: int, maximum: int | None = None) -> int:
+        """An integer (TOML booleans are refused) of at least `minimum` (and at most `maximum`, if given)."""
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(key, f"must be an integer >= {minimum}")
+            raise self.error(key, _integer_range(minimum, maximum))
+        if maximum is not None and value > maximum:
+            raise self.error(key, _integer_range(minimum, maximum))
         return value
 
     def positive_number(self, key: str) -> float:
@@ -77,10 +79,12 @@ class Table:
             raise self.error(key, "must be a number > 0")
         return float(value)
 
-    def strings(self, key: str) -> tuple[str, ...]:
-        """A non-empty array of distinct non-empty strings."""
+    def strings(self, key: str, empty: bool = False) -> tuple[str, ...]:
+        """An array of distinct non-empty strings: non-empty, unless `empty` allows `[]`."""
         value = self._get(key)
-        if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise self.error(key, f"must be {'an' if empty else 'a non-empty'} array of non-empty strings")
+        if not value and not empty:
             raise self.error(key, "must be a non-empty array of non-empty strings")
         if len(set(value)) != len(value):
             raise self.error(key, "must not repeat an entry")
@@ -121,3 +125,9 @@ class Table:
         unknown = sorted(set(self._data) - self._read)
         if unknown:
             raise self.error(unknown[0], "is not a known key")
+
+
+def _integer_range(minimum: int, maximum: int | None) -> str:
+    if maximum is None:
+        return f"must be an integer >= {minimum}"
+    return f"must be an integer from {minimum} to {maximum}"

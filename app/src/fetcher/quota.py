@@ -70,6 +70,11 @@ class QuotaStatus:
     def remaining(self) -> int:
         return max(self.allowance - self.used, 0)
 
+    def worker_consuming(self) -> bool:
+        """Whether the worker consumes its quota queues now: as it recorded, and only while the process that
+        recorded it runs (a killed worker cannot record that it stopped)."""
+        return bool(self.consuming) and process_running(self.worker_pid)
+
 
 class QuotaCounter:
     """Calls per fixed window, shared through one SQLite file by every process of the host.
@@ -205,6 +210,19 @@ class _immediate:
 
     def __exit__(self, kind, value, traceback) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def process_running(pid: int | None) -> bool:
+    """Whether a process `pid` runs on this host (one of another user's counts: it exists)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def utc_time(epoch: float) -> str:

@@ -8,7 +8,6 @@ the service user (the configuration file is theirs only). `--json` prints one ob
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         used, consuming, since = 0, None, None
     else:
         used, consuming, since = status.used, status.consuming, status.consuming_since
-        if consuming and not _running(status.worker_pid):
+        if consuming and not status.worker_consuming():
             consuming, since = False, None
     report = {
         "node": settings.node,
@@ -56,18 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report) if options.json else _text(report))
     return 0
-
-
-def _running(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _text(report: dict) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from celery import Celery
 
-from fetcher import logs, worker
+from fetcher import logs, metrics, worker
 from fetcher.backoff import retry_delay
 from fetcher.celeryconfig import build_config
 from fetcher.governor import QuotaExhausted
@@ -46,8 +46,8 @@ def configure(app: Celery, settings: Settings | None = None) -> Settings:
     """Configure `app` from this host's settings (read from `FETCHER_CONFIG` unless given) and return them.
 
     Celery's configuration (brokers, queues, routing, acks, retries, dead-lettering, beat's lock), the app's
-    logging, and the worker's start hook (its queues, and the quota queues left out while the allowance is spent).
-    A bad settings file stops here with a ConfigError naming the key.
+    logging, the worker's start hook (its queues, and the quota queues left out while the allowance is spent),
+    and its tasks' metrics (`fetcher.metrics`). A bad settings file stops here with a ConfigError naming the key.
     """
     global _configured
     if settings is None:
@@ -55,6 +55,7 @@ def configure(app: Celery, settings: Settings | None = None) -> Settings:
     app.conf.update(build_config(settings))
     logs.install(settings.logging)
     worker.install(app, settings)
+    metrics.install(app, settings)
     _configured = settings
     return settings
 

@@ -8,8 +8,10 @@ the settings cannot disclose them.
 """
 
 import dataclasses
+import ipaddress
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,10 @@ from fetcher.config_reader import ConfigError, Table
 
 DEFAULT_PATH = Path("/etc/fetcher/fetcher.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# A host name as [metrics] allow may name a scraper: RFC 1123 labels, and `_` as inventory names may have it; an
+# all-digit last label is refused, so a mistyped IPv4 address (10.0.0.256) is an error, not a name never found.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,39 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """`fetcher-metrics`: where it listens, who may read it, and where the app's processes write their metrics.
+
+    The worker's processes write theirs under `directory/worker`, beat's under `directory/beat` (their units set
+    PROMETHEUS_MULTIPROC_DIR to those); the exporter reads both. `allow` holds IPv4/IPv6 addresses, CIDR networks
+    and host names (looked up when an address that matches nothing else asks); loopback may always read.
+    """
+
+    port: int
+    address: str
+    allow: tuple[str, ...]
+    directory: Path
+
+    @property
+    def worker_directory(self) -> Path:
+        return self.directory / "worker"
+
+    @property
+    def beat_directory(self) -> Path:
+        return self.directory / "beat"
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The addresses and networks of `allow` (an address is a network of one)."""
+        return tuple(network for entry in self.allow if (network := _network(entry)) is not None)
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The host names of `allow`."""
+        return tuple(entry for entry in self.allow if _network(entry) is None)
+
+
+@dataclass(frozen=True)
 class ScheduleEntry:
     """One periodic task for beat: run `task` every `every` seconds with these arguments."""
 
@@ -145,6 +184,7 @@ class Settings:
     api: ApiSettings | None
     quota: QuotaSettings | None
     schedule: tuple[ScheduleEntry, ...]
+    metrics: MetricsSettings | None = None
 
     @property
     def worker_name(self) -> str:
@@ -209,6 +249,7 @@ def parse_settings(top: Table, source: Path) -> Settings:
         api=_api(top.table("api")) if top.has("api") else None,
         quota=None,
         schedule=_schedule(top.table("beat")) if top.has("beat") else (),
+        metrics=_metrics(top.table("metrics")) if top.has("metrics") else None,
     )
     if top.has("quota"):
         settings = dataclasses.replace(settings, quota=_quota(top.table("quota"), settings))
@@ -346,6 +387,40 @@ def _quota(table: Table, settings: Settings) -> QuotaSettings:
         raise table.error("state_file", "must be an absolute path")
     table.finish()
     return quota
+
+
+def _metrics(table: Table) -> MetricsSettings:
+    metrics = MetricsSettings(
+        port=table.integer("port", minimum=1, maximum=65535),
+        address=table.string("address"),
+        allow=table.strings("allow", empty=True),
+        directory=Path(table.string("directory")),
+    )
+    try:
+        ipaddress.ip_address(metrics.address)
+    except ValueError:
+        raise table.error("address", "must be an IPv4 or IPv6 address to listen on (0.0.0.0 or :: for all)") from None
+    for index, entry in enumerate(metrics.allow):
+        if _network(entry) is None and not _is_host_name(entry):
+            raise table.error(
+                f"allow[{index}]", "must be an IPv4 or IPv6 address, a network (CIDR, no host bits set) or a host name"
+            )
+    if not metrics.directory.is_absolute():
+        raise table.error("directory", "must be an absolute path")
+    table.finish()
+    return metrics
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An address or CIDR network of [metrics] allow, or None for anything else (a host name)."""
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        return None
+
+
+def _is_host_name(entry: str) -> bool:
+    return len(entry) <= 253 and bool(_HOST_NAME.fullmatch(entry)) and not entry.rstrip(".").split(".")[-1].isdigit()
 
 
 def _schedule(beat: Table) -> tuple[ScheduleEntry, ...]:

@@ -10,22 +10,12 @@ import threading
 import time
 import uuid
 
-import requests
-from conftest import FETCHER, address, demo, group, host_var, node, queue_depths, wait_for
+from conftest import FETCHER, demo, group, host_var, node, queue_depths, send_api_calls, stand_in, wait_for
 
 testinfra_hosts = group("celery_workers")
 WINDOW = host_var("server", "celery_worker_quota_window")
 ALLOWANCE = {name: host_var(name, "celery_worker_quota_allowance") for name in ("server", "laptop")}
 QUOTA = f"{FETCHER}/fetcher-quota --json"
-# Sends COUNT call_api tasks for items RUN-0 .. RUN-(COUNT-1) to the api queue, over one pooled connection.
-SEND = (
-    f"{FETCHER}/python -c 'import sys; from fetcher.app import app; from fetcher.tasks import call_api\n"
-    "with app.producer_or_acquire() as producer:\n"
-    "    for i in range(int(sys.argv[2])):\n"
-    "        call_api.apply_async((f\"{sys.argv[1]}-{i}\",), queue=\"api\", producer=producer, ignore_result=True)\n"
-    "'"
-)
-
 # Takes the one message of the api queue and sends it back unrun TIMES times, each time through the function
 # the worker uses when a task finds the allowance spent (fetcher.governor.return_unrun), then acknowledges it.
 RETURN = (
@@ -55,12 +45,6 @@ REJECT = (
 )
 
 
-def stand_in(path):
-    response = requests.get(f"http://{address(node('api'))}:8080{path}", timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
 def calls(run):
     """The stand-in's record of this run's calls: {"t", "caller", "item", "status", "window"} each."""
     return [call for call in stand_in("/calls") if call["item"].startswith(f"{run}-")]
@@ -72,10 +56,6 @@ def quota(name):
 
 def dead(vhost):
     return queue_depths(node("server"), vhost).get("tasks.dead", 0)
-
-
-def send(run, count):
-    node("server").check_output(f"{SEND} {run} {count}")
 
 
 def wait_for_a_fresh_window():
@@ -117,7 +97,7 @@ def test_under_demand_above_supply_no_server_exceeds_its_allowance_and_nothing_i
     count, run = 5 * supply // 2, f"demand-{uuid.uuid4().hex[:8]}"
     dead_before = dead(vhost)
     wait_for_a_fresh_window()
-    send(run, count)
+    send_api_calls(run, count)
 
     # While it runs: server's worker is seen not consuming `api` while laptop still is, and meanwhile its own
     # queue keeps flowing.
@@ -170,7 +150,7 @@ def test_a_worker_restarted_mid_window_does_not_regain_its_allowance(app_user):
     laptop.check_output("systemctl stop fetcher-worker")
     try:
         wait_for_a_fresh_window()
-        send(run, ALLOWANCE["server"] + 10)
+        send_api_calls(run, ALLOWANCE["server"] + 10)
         wait_for(lambda: quota("server")["remaining"] == 0, WINDOW / 2, "server to spend its allowance")
         window = quota("server")["window_start"]
         node("server").check_output("systemctl restart fetcher-worker")
@@ -202,7 +182,7 @@ def test_a_worker_that_starts_with_api_work_waiting_takes_it(app_user):
     for name in ("server", "laptop"):
         node(name).check_output("systemctl stop fetcher-worker")
     try:
-        send(run, count)
+        send_api_calls(run, count)
         wait_for(lambda: queue_depths(node("server"), vhost)["api"] >= count, 30, f"{count} tasks to be queued")
         node("laptop").check_output("systemctl start fetcher-worker")
         wait_for(lambda: len(calls(run)) >= count, 60, f"laptop to run the {count} waiting tasks")
@@ -225,12 +205,12 @@ def test_a_task_sent_back_unrun_more_often_than_the_delivery_limit_still_runs_on
         wait_for(lambda: queue_depths(node("server"), vhost)["api"] == 0, 30, "the api queue to be empty")
         dead_before = dead(vhost)
         # The limit is in force: a message rejected back again and again is dead-lettered after it.
-        send(failing, 1)
+        send_api_calls(failing, 1)
         rejects = int(node("server").check_output(REJECT))
         assert rejects <= limit + 1, f"rejected {rejects} times and still in its queue (limit {limit})"
         wait_for(lambda: dead(vhost) == dead_before + 1, 30, "the rejected task to be dead-lettered")
         # Sent back unrun twice the limit, the way a worker whose allowance is spent does: still waiting.
-        send(waiting, 1)
+        send_api_calls(waiting, 1)
         node("server").check_output(f"{RETURN} {2 * limit}")
         # A quorum queue's message count comes from metrics the queue publishes now and then: poll it.
         wait_for(lambda: queue_depths(node("server"), vhost)["api"] == 1, 30, "the paused task to wait in its queue")

@@ -72,20 +72,17 @@ def test_every_quorum_queue_has_its_replicas_on_dependable_nodes_only(host, app_
         assert set(queue["members"]) <= set(dependable), f"{queue['name']} has a replica off {dependable}"
 
 
-def broker_version(host):
-    return tuple(
-        int(part)
-        for part in host.check_output("rabbitmqctl --silent eval 'rabbit_misc:version().'").strip('"').split(".")[:2]
-    )
-
-
-def test_management_listens_on_loopback_only(host):
+def test_management_listens_on_loopback_only_and_metrics_on_every_address(host):
     assert host.socket("tcp://127.0.0.1:15672").is_listening
     assert not host.socket("tcp://0.0.0.0:15672").is_listening
-    if broker_version(host) >= (4, 0):
-        # RabbitMQ 4's metrics endpoint, in place of the management plugin's own collection: loopback too.
-        assert host.socket("tcp://127.0.0.1:15692").is_listening
-        assert not host.socket("tcp://0.0.0.0:15692").is_listening
+    # The metrics endpoint (rabbitmq_prometheus) on every node and release, for the monitoring host's
+    # Prometheus: the firewall lets in only the members and that host (test_firewall.py, the quota scenario).
+    assert host.socket("tcp://0.0.0.0:15692").is_listening
+    url = "http://127.0.0.1:15692/metrics"
+    metrics = host.check_output(
+        f"python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{url}\").read().decode())'"
+    )
+    assert "rabbitmq_identity_info" in metrics
 
 
 def test_the_broker_logs_no_deprecated_feature_but_a_ram_nodes_own(host):
