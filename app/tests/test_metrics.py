@@ -433,7 +433,12 @@ class Clock:
 
 
 def quota_gauges(collector: QuotaCollector) -> dict[str, float]:
-    return {family.name: family.samples[0].value for family in collector.collect()}
+    """Each gauge's value; a labelled one's by its label too (`name{queue}`)."""
+    return {
+        sample.name + "".join(f"{{{value}}}" for value in sample.labels.values()): sample.value
+        for family in collector.collect()
+        for sample in family.samples
+    }
 
 
 def expected(used, remaining, reset, consuming, paused):
@@ -445,6 +450,7 @@ def expected(used, remaining, reset, consuming, paused):
         "fetcher_api_window_reset_timestamp_seconds": reset,
         "fetcher_api_quota_consuming": consuming,
         "fetcher_api_quota_paused_seconds": paused,
+        "fetcher_api_allowance_spent{laptop}": int(remaining == 0),
     }
 
 

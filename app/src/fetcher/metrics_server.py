@@ -135,6 +135,16 @@ class QuotaCollector:
             ),
         ):
             yield GaugeMetricFamily(name, documentation, value=value)
+        # Per quota queue: a queue whose every host has spent its allowance waits for a reset, not for a worker
+        # (the rule QueueWithoutConsumers leaves it alone).
+        spent = GaugeMetricFamily(
+            "fetcher_api_allowance_spent",
+            "1 while this host's allowance is spent: it does not consume this quota queue until the reset",
+            labels=["queue"],
+        )
+        for queue in quota.queues:
+            spent.add_metric([queue], int(status.remaining == 0))
+        yield spent
 
 
 def registry_for(settings: Settings, clock: Callable[[], float] = time.time) -> CollectorRegistry:
